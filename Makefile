@@ -1,0 +1,19 @@
+# `make demo` and `make test` set everything up themselves (scripts/setup.sh is idempotent).
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/curate run jobs/demo.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/perplexity.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,133 @@
+"""The `curate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from curate.documents import InputError, read_texts
+from curate.lm import ModelError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (InputError, ModelError, ValueError, FileNotFoundError) as e:
+        print(f"curate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description="Curate LLM pretraining corpora on Ray.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a job spec (YAML) on Ray")
+    run.add_argument("job")
+    run.add_argument("--out", help="output directory (default: the job's `output`)")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--fresh", action="store_true", help="delete the output directory and start over")
+    run.set_defaults(func=_run)
+
+    lm = sub.add_parser("lm", help="KenLM models: train, score, calibrate").add_subparsers(required=True, metavar="ACTION")
+    train = lm.add_parser("train", help="CCNet recipe: normalise, SentencePiece, lmplz, build_binary")
+    train.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    train.add_argument("--out", required=True, help="model directory")
+    train.add_argument("--order", type=int, default=5)
+    train.add_argument("--vocab", type=int, default=65536, help="SentencePiece vocabulary (an upper bound on small corpora)")
+    train.add_argument("--where", nargs="*", default=[], metavar="FIELD=JSON", help="keep documents whose field equals the value, e.g. harmful=true")
+    train.add_argument("--split", choices=["train", "val", "test"], help="keep one part of the fixed id split")
+    train.set_defaults(func=_lm_train)
+
+    score = lm.add_parser("score", help="print each document's perplexity (CCNet convention) as JSON lines")
+    score.add_argument("model")
+    score.add_argument("files", nargs="+")
+    score.set_defaults(func=_lm_score)
+
+    cal = lm.add_parser("calibrate", help="pick the harmful-content threshold")
+    cal.add_argument("model")
+    group = cal.add_mutually_exclusive_group(required=True)
+    group.add_argument("--labeled", nargs="+", help="labelled files: threshold on the val split, figures on the test split")
+    group.add_argument("--unlabeled", nargs="+", help="no labels: threshold at the valley of the log-perplexity histogram")
+    cal.add_argument("--label-field", default="harmful")
+    cal.add_argument("--reference", help="benign reference model for the contrastive score")
+    cal.add_argument("--candidates", type=int, default=200, help="thresholds swept (at least 100)")
+    cal.set_defaults(func=_lm_calibrate)
+
+    ev = lm.add_parser("evaluate", help="precision/recall of the calibrated thresholds on other labelled files")
+    ev.add_argument("model")
+    ev.add_argument("--labeled", nargs="+", required=True)
+    ev.add_argument("--label-field", default="harmful")
+    ev.set_defaults(func=_lm_evaluate)
+    return p
+
+
+def _run(args) -> int:
+    from pipelines.runner import run_job
+    from pipelines.spec import SpecError, load_job
+
+    try:
+        run_job(load_job(args.job), out=args.out, address=args.address, fresh=args.fresh)
+    except SpecError as e:
+        print(f"curate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _lm_train(args) -> int:
+    from curate import lm
+
+    where = {}
+    for item in args.where:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--where takes FIELD=VALUE, got {item!r}")
+        try:
+            where[field] = json.loads(value)
+        except json.JSONDecodeError:
+            where[field] = value
+    lm.train([lm.source(path, where, args.split) for path in args.input], args.out, order=args.order, vocab=args.vocab)
+    return 0
+
+
+def _lm_score(args) -> int:
+    from curate.lm import LanguageModel
+
+    model = LanguageModel(args.model)
+    for doc in read_texts(args.files):
+        log10_sum, tokens = model.score(doc["text"])
+        print(json.dumps({"id": doc["id"], "ppl": round(10 ** (-log10_sum / tokens), 2), "log10_sum": round(log10_sum, 4), "tokens": tokens}))
+    return 0
+
+
+def _lm_calibrate(args) -> int:
+    from curate import calibrate, harmful
+    from curate.lm import LanguageModel
+
+    if args.candidates < 100:
+        raise ValueError("--candidates must be at least 100")
+    if args.labeled:
+        harmful.calibrate_model(args.model, args.labeled, args.label_field, args.reference, args.candidates)
+        return 0
+    model = LanguageModel(args.model)
+    sums, tokens = model.score_many(doc["text"] for doc in read_texts(args.unlabeled))
+    t = calibrate.valley(sums / tokens)
+    threshold = 10.0 ** (-t)
+    model.card.setdefault("thresholds", {})["harmful"] = {"default": "perplexity", "perplexity": {"threshold": threshold, "from": "valley", "unlabeled": args.unlabeled}}
+    model.save_card()
+    print(f"threshold at the histogram valley: perplexity {threshold:.4g} (log10 {-t:.3f}); {int(np.sum(sums / tokens > t))} of {len(sums)} documents fall below it")
+    return 0
+
+
+def _lm_evaluate(args) -> int:
+    from curate import harmful
+
+    harmful.evaluate(args.model, args.labeled, args.label_field)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

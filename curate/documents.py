@@ -1,0 +1,247 @@
+"""Documents in and out: finding input files, reading and validating records, writing Parquet.
+
+Every input record becomes exactly one row: a valid document, or a quarantined row that keeps the
+error, the file and the line (1-based line for JSON Lines, 0-based row for Parquet) and the raw
+input. Blank lines in JSON Lines files are not records and are not counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+RAW_KEEP_CHARS = 2000
+
+# One schema for every row read: valid documents have `error` null, quarantined rows have it set.
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("meta", pa.large_string()),  # every other input field, as JSON
+        ("input_file", pa.string()),
+        ("input_row", pa.int64()),
+        ("error", pa.string()),
+        ("raw", pa.large_string()),
+    ]
+)
+
+
+class InputError(ValueError):
+    """A problem with the inputs as a whole (missing file, unsupported format)."""
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files, folders (searched recursively) and globs, in a stable order, without repeats."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_supported(p))
+            if not matches:
+                raise InputError(f"input folder {pattern} holds no .jsonl, .jsonl.gz or .parquet files")
+        elif path.is_file():
+            if not _is_supported(path):
+                raise InputError(f"input {pattern}: unsupported format (use .jsonl, .jsonl.gz or .parquet)")
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if _is_supported(Path(p)))
+            if not matches:
+                raise InputError(f"input {pattern}: no such file, folder or matching glob")
+        found.extend(m.resolve() for m in matches)
+    return list(dict.fromkeys(found))
+
+
+def _is_supported(path: Path) -> bool:
+    return path.name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+
+
+def default_source(path: Path) -> str:
+    name = path.name
+    for suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def count_records(path: Path) -> int:
+    """Records in a file: non-blank lines of JSON Lines, rows of Parquet."""
+    if path.name.endswith(PARQUET_SUFFIXES):
+        return pq.ParquetFile(path).metadata.num_rows
+    with _open_binary(path) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A slice [start, stop) of one input file's records: the unit of work and of resume."""
+
+    shard: int
+    path: str
+    start: int
+    stop: int
+    source: str | None  # overrides the records' own `source` when set
+
+
+def plan_shards(files: list[tuple[Path, str | None]], shard_docs: int) -> list[ShardSpec]:
+    shards: list[ShardSpec] = []
+    for path, source in files:
+        n = count_records(path)
+        for start in range(0, n, shard_docs):
+            shards.append(ShardSpec(len(shards), str(path), start, min(n, start + shard_docs), source))
+    return shards
+
+
+def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
+    """Read and validate one shard into ROW_SCHEMA rows."""
+    path = Path(spec.path)
+    fallback_source = spec.source or default_source(path)
+    rows = [
+        _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
+        for position, record in _records(path, spec.start, spec.stop)
+    ]
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Exception]]:
+    """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
+    exception that made a Parquet row unreadable."""
+    if path.name.endswith(PARQUET_SUFFIXES):
+        table = pq.read_table(path).slice(start, stop - start)
+        for offset, row in enumerate(table.to_pylist()):
+            yield start + offset, row
+        return
+    index = 0
+    with _open_binary(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if index >= stop:
+                break
+            if index >= start:
+                yield line_no, line
+            index += 1
+
+
+def _validate(
+    record: bytes | dict,
+    position: int,
+    path: Path,
+    source_override: str | None,
+    fallback_source: str,
+    max_doc_bytes: int,
+) -> dict:
+    where = {"input_file": str(path), "input_row": position}
+    raw = record if isinstance(record, dict) else None
+    if isinstance(record, bytes):
+        try:
+            line = record.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return _quarantine(where, fallback_source, f"invalid UTF-8 at byte {e.start}", record)
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            return _quarantine(where, fallback_source, f"invalid JSON: {e.msg} at column {e.colno}", record)
+        if not isinstance(raw, dict):
+            return _quarantine(where, fallback_source, f"record is a JSON {type(raw).__name__}, not an object", record)
+    assert raw is not None
+    source = source_override or (raw.get("source") if isinstance(raw.get("source"), str) and raw.get("source") else fallback_source)
+    doc_id = raw.get("id")
+    doc_id = f"{path.name}:{position}" if doc_id is None or doc_id == "" else str(doc_id)
+    text = raw.get("text")
+    error = None
+    if "text" not in raw or text is None:
+        error = "field 'text' is missing"
+    elif not isinstance(text, str):
+        error = f"field 'text' is a {type(text).__name__}, not a string"
+    elif not text.strip():
+        error = "field 'text' is empty"
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            error = f"field 'text' is not valid UTF-8 (lone surrogate at character {e.start})"
+        else:
+            if size > max_doc_bytes:
+                error = f"field 'text' is {size} bytes, over max_doc_bytes={max_doc_bytes}"
+    if error:
+        return _quarantine(where, source, error, record, doc_id)
+    url = raw.get("url")
+    meta = {k: v for k, v in raw.items() if k not in ("id", "text", "source", "url")}
+    return {
+        "id": doc_id,
+        "text": text,
+        "source": source,
+        "url": url if isinstance(url, str) else None,
+        "meta": json.dumps(meta, ensure_ascii=False, default=str) if meta else None,
+        **where,
+        "error": None,
+        "raw": None,
+    }
+
+
+def _quarantine(where: dict, source: str, error: str, record: bytes | dict, doc_id: str | None = None) -> dict:
+    if isinstance(record, bytes):
+        raw = record.decode("utf-8", errors="replace")
+    else:
+        raw = json.dumps(record, ensure_ascii=False, default=str)
+    return {
+        "id": doc_id or f"{Path(where['input_file']).name}:{where['input_row']}",
+        "text": None,
+        "source": source,
+        "url": None,
+        "meta": None,
+        **where,
+        "error": f"{Path(where['input_file']).name} row {where['input_row']}: {error}",
+        "raw": raw[:RAW_KEEP_CHARS].rstrip("\n"),
+    }
+
+
+def write_parquet(table: pa.Table, path: Path) -> str:
+    """Write atomically (temporary name, then rename) with zstd; return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_texts(patterns: list[str]) -> Iterator[dict]:
+    """Valid documents of the given inputs as dicts (id, text, source, meta fields merged back):
+    for model training and calibration, where quarantined records are reported and skipped."""
+    for path in expand_inputs(patterns):
+        n = count_records(path)
+        table = read_shard(ShardSpec(0, str(path), 0, n, None), max_doc_bytes=1 << 40)
+        for row in table.to_pylist():
+            if row["error"]:
+                print(f"skipping {row['error']}")
+                continue
+            doc = {"id": row["id"], "text": row["text"], "source": row["source"]}
+            if row["meta"]:
+                doc.update(json.loads(row["meta"]))
+            yield doc

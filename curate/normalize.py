@@ -1,0 +1,74 @@
+"""CCNet text normalisation (cc_net/text_normalizer.py, `normalize` with its defaults).
+
+The KenLM models are trained and scored on normalised text, so the exact same function must run
+at training and at scoring time: a mismatch moves perplexities by orders of magnitude.
+
+Steps, in CCNet's order: strip, lower-case, strip accents (NFD, drop combining marks), every
+decimal digit to "0", ~34 unicode punctuation marks to ASCII, drop control characters.
+`normalize` does it with one `str.translate` table; `normalize_reference` is the plain
+step-by-step version it is tested against (and the baseline of benchmarks/perplexity.py).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# CCNet's UNICODE_PUNCT mapping (punct=1). "１" is in CCNet's table too, but digits are replaced
+# first, so it always becomes "0".
+UNICODE_PUNCT = {
+    "，": ",", "。": ". ", "、": ",", "„": '"', "”": '"', "“": '"', "«": '"', "»": '"',
+    "１": '"', "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":",
+    "？": "?", "！": "!", "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ",
+    "～": "~", "’": "'", "…": "...", "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]",
+    "％": "%", "►": "-",
+}
+NON_PRINTING = [chr(c) for c in list(range(0, 32)) + list(range(127, 160))]
+
+_DIGIT_RE = re.compile(r"\d")
+_NON_PRINTING_RE = re.compile("[" + "".join(NON_PRINTING) + "]")
+
+
+class _Table(dict):
+    """Translate table for every step after NFD, filled lazily per code point. Later CCNet steps
+    never see characters produced by earlier ones, so merging them is exact, provided digits win
+    over the punctuation map (as they do in CCNet's order)."""
+
+    def __missing__(self, code: int) -> str | None:
+        ch = chr(code)
+        cat = unicodedata.category(ch)
+        if cat == "Mn" or ch in _NON_PRINTING_SET:
+            value = None
+        elif cat == "Nd":
+            value = "0"
+        else:
+            value = UNICODE_PUNCT.get(ch, ch)
+        self[code] = value
+        return value
+
+
+_NON_PRINTING_SET = frozenset(NON_PRINTING)
+_TABLE = _Table()
+
+
+def normalize(line: str) -> str:
+    """CCNet-normalise one line of text."""
+    line = line.strip()
+    if not line:
+        return line
+    line = line.lower()
+    if not line.isascii():
+        line = unicodedata.normalize("NFD", line)
+    return line.translate(_TABLE)
+
+
+def normalize_reference(line: str) -> str:
+    """CCNet's normalisation written step by step, as cc_net/text_normalizer.py does it."""
+    line = line.strip()
+    if not line:
+        return line
+    line = line.lower()
+    line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
+    line = _DIGIT_RE.sub("0", line)
+    line = "".join(UNICODE_PUNCT.get(c, c) for c in line)
+    return _NON_PRINTING_RE.sub("", line)

@@ -1,0 +1,146 @@
+"""A run's report: `report.json` for machines and a self-contained `report.html` for people
+(counts per stage and source, score histograms with the thresholds drawn, sample documents
+from each bucket and from the rejected and quarantined, time per stage)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+SNIPPET_CHARS = 400
+
+
+def write(out_dir: Path, manifest: dict, result: dict, stages, samples: int) -> dict:
+    frames = result["frames"]
+    scores: pl.DataFrame = result["scores"]
+    data = {
+        "job": manifest["job"],
+        "counts": {k: manifest[k] for k in ("input", "kept", "rejected", "quarantined")},
+        "sources": manifest["sources"],
+        "stages": manifest["stages"],
+        "seconds": manifest["seconds"],
+        "histograms": _histograms(scores, manifest["stages"]),
+        "samples": _samples(frames, manifest["stages"], samples),
+    }
+    _atomic_write(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
+    _atomic_write(out_dir / "report.html", _html(data))
+    return data
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _histograms(scores: pl.DataFrame, stages: list[dict]) -> dict:
+    """log10-perplexity histograms (with the thresholds on the same axis) per scored column."""
+    out = {}
+    for stage in stages:
+        if stage["stage"] == "perplexity":
+            col, lines = "ppl", {f"{k} cut-off": v for k, v in stage["cutoffs"].items()}
+            if stage.get("max_ppl"):
+                lines["max_ppl"] = stage["max_ppl"]
+            log = True
+        elif stage["score"] == "perplexity":
+            col, lines, log = "harmful_ppl", {"threshold": stage["threshold"]}, True
+        else:
+            col, lines, log = "harmful_score", {"threshold": stage["threshold"]}, False
+        values = scores.filter(pl.col(col).is_not_null())[col].to_numpy() if len(scores) else np.empty(0)
+        if log:
+            values = np.log10(np.maximum(values, 1e-12))
+            lines = {k: float(np.log10(v)) for k, v in lines.items() if v and v > 0}
+        if not len(values):
+            continue
+        counts, edges = np.histogram(values, bins=40)
+        out[col] = {"axis": f"log10 {col}" if log else col, "counts": counts.tolist(), "edges": edges.tolist(), "lines": lines}
+    return out
+
+
+def _samples(frames: dict[str, pl.DataFrame], stages: list[dict], n: int) -> dict:
+    def pick(frame: pl.DataFrame, cols: list[str]) -> list[dict]:
+        if not len(frame):
+            return []
+        frame = frame.with_columns(_h=pl.col("id").hash(seed=0)).sort("_h").head(n)
+        return frame.select([c for c in cols if c in frame.columns]).to_dicts()
+
+    kept = frames["kept"]
+    out: dict[str, list[dict]] = {}
+    if "ppl_bucket" in kept.columns:
+        for bucket in ("head", "middle", "tail"):
+            out[f"kept, bucket {bucket}"] = pick(kept.filter(pl.col("ppl_bucket") == bucket), ["id", "source", "ppl", "snippet"])
+    else:
+        out["kept"] = pick(kept, ["id", "source", "snippet"])
+    rejected = frames["rejected"]
+    for stage in stages:
+        if len(rejected):
+            out[f"rejected by {stage['stage']}"] = pick(rejected.filter(pl.col("reject_stage") == stage["stage"]), ["id", "source", "reject_reason", "snippet"])
+    out["quarantined"] = pick(frames["quarantine"], ["id", "source", "error", "snippet"])
+    return out
+
+
+def _plot(hist: dict) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 2.8), dpi=100)
+    edges = np.asarray(hist["edges"])
+    ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#5b8def", edgecolor="white")
+    for i, (label, x) in enumerate(hist["lines"].items()):
+        ax.axvline(x, color=["#d62728", "#ff7f0e", "#2ca02c"][i % 3], linestyle="--", label=f"{label} ({x:.2f})")
+    ax.set_xlabel(hist["axis"])
+    ax.set_ylabel("documents")
+    if hist["lines"]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(data: dict) -> str:
+    stage_names = [s["stage"] for s in data["stages"]]
+    header = ["source", "input", "kept"] + [f"rejected: {s}" for s in stage_names] + ["quarantined"]
+
+    def row(name, c):
+        return [name, c["input"], c["kept"]] + [c["rejected"].get(s, 0) for s in stage_names] + [c["quarantined"]]
+
+    counts = _table([row("all", data["counts"])] + [row(k, v) for k, v in data["sources"].items()], header)
+    stages = _table([[s["stage"], json.dumps({k: v for k, v in s.items() if k != "stage"})] for s in data["stages"]], ["stage", "parameters"])
+    seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])
+    plots = "".join(f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>" for col, h in data["histograms"].items())
+    samples = ""
+    for group, docs in data["samples"].items():
+        if not docs:
+            continue
+        samples += f"<h3>{html.escape(group)}</h3>"
+        for d in docs:
+            fields = " · ".join(f"<b>{html.escape(k)}</b> {html.escape(str(round(v, 1) if isinstance(v, float) else v))}" for k, v in d.items() if k != "snippet")
+            samples += f"<div class='doc'><div class='meta'>{fields}</div><pre>{html.escape(str(d.get('snippet') or ''))}</pre></div>"
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.doc{border:1px solid #ddd;margin:.5em 0;padding:.5em}"
+        ".meta{font-size:.85em;color:#555}pre{white-space:pre-wrap;font-size:.85em;max-height:12em;overflow:auto}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>curate report: {html.escape(data['job'])}</title>"
+        f"<style>{style}</style></head><body><h1>curate report: {html.escape(data['job'])}</h1>"
+        f"<h2>Documents</h2>{counts}<h2>Stages</h2>{stages}<h2>Scores</h2>{plots}"
+        f"<h2>Time</h2>{seconds}<h2>Samples</h2>{samples}</body></html>\n"
+    )

@@ -1,0 +1,316 @@
+"""`curate run`: a job spec turned into a Ray Data plan, with resume, accounting and a report.
+
+1. Models named in the job are trained (and calibrated) unless already up to date.
+2. Inputs are cut into shards (slices of files). Pending shards flow through Ray Data: a read
+   task validates records, then one actor pool per stage adds its score columns (models load
+   once per actor). The driver gathers each shard's rows and writes `work/shard-N.parquet`
+   atomically: a finished shard is never redone when the job is run again.
+3. Filters need run-wide numbers (CCNet percentiles), so each stage fits its thresholds on the
+   scores of the documents that reach it, then every shard is split into kept/, rejected/
+   (with the stage and reason) and quarantine/. manifest.json and the report follow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import harmful, lm
+from curate.documents import ShardSpec, expand_inputs, plan_shards, read_shard, sha256_file, write_parquet
+from curate.stages import Stage, build_stage
+from pipelines import report
+from pipelines.spec import Job, SpecError
+
+QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
+INTERNAL = ("_shard", "_shard_rows")
+
+
+def run_job(job: Job, out: str | Path | None = None, address: str | None = None, fresh: bool = False, log=print) -> dict:
+    out_dir = Path(out or job.output_dir()).resolve()
+    started = time.time()
+    model_dirs = prepare_models(job, log)
+    stages = [build_stage(entry.kind, _resolve_models(entry.config.model_dump(), model_dirs)) for entry in job.stages]
+
+    work = out_dir / "work"
+    state_file = work / "state.json"
+    config_hash = job.config_hash()
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)
+    if state_file.is_file():
+        previous = json.loads(state_file.read_text())["config_hash"]
+        if previous != config_hash:
+            raise SpecError(f"{out_dir} holds a run of another configuration (hash {previous}, this job is {config_hash}): use another --out, or --fresh to start over")
+    work.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
+
+    files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
+    shards = plan_shards(files, job.shard_docs)
+    pending = [s for s in shards if not _shard_file(work, s.shard).is_file()]
+    log(f"{len(shards)} shards from {len(files)} files; {len(shards) - len(pending)} already done, {len(pending)} to process")
+    if pending:
+        score_shards(pending, stages, job, work, address, log)
+
+    result = split_outputs(shards, stages, work, out_dir, log)
+    manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
+    report.write(out_dir, manifest, result, stages, job.report_samples)
+    log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
+    log(f"report: {out_dir / 'report.html'}")
+    return manifest
+
+
+def prepare_models(job: Job, log=print) -> dict[str, str]:
+    """Train the job's models (skipped when up to date) and calibrate those that ask for it."""
+    dirs = {name: str((Path(job.models_dir) / name).resolve()) for name in job.models}
+    retrained = set()
+    for name, spec in job.models.items():
+        before = _card_text(dirs[name])
+        lm.train(spec.sources(), dirs[name], order=spec.order, vocab=spec.vocab, log=log)
+        if before != _card_text(dirs[name]):
+            retrained.add(name)
+    for name, spec in job.models.items():
+        calibrated = json.loads(_card_text(dirs[name]) or "{}").get("thresholds", {}).get("harmful")
+        if spec.calibrate and (retrained & {name, spec.calibrate.reference} or not calibrated):
+            reference = _resolve(spec.calibrate.reference, dirs) if spec.calibrate.reference else None
+            log(f"calibrating {name} on {spec.calibrate.labeled}")
+            harmful.calibrate_model(dirs[name], spec.calibrate.labeled, spec.calibrate.label_field, reference, log=log)
+    return dirs
+
+
+def _card_text(model_dir: str) -> str | None:
+    path = Path(model_dir) / lm.CARD
+    return path.read_text() if path.is_file() else None
+
+
+def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
+    if name_or_path in model_dirs:
+        return model_dirs[name_or_path]
+    if (Path(name_or_path) / lm.CARD).is_file():
+        return str(Path(name_or_path).resolve())
+    raise SpecError(f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) nor a model directory")
+
+
+def _resolve_models(config: dict[str, Any], model_dirs: dict[str, str]) -> dict[str, Any]:
+    return {k: (_resolve(v, model_dirs) if k in ("model", "reference") and v else v) for k, v in config.items()}
+
+
+def _shard_file(work: Path, shard: int) -> Path:
+    return work / f"shard-{shard:05d}.parquet"
+
+
+# ---------------------------------------------------------------- phase 1: read and score on Ray
+
+
+def _read_block(batch: pa.Table, max_doc_bytes: int) -> pa.Table:
+    """Ray task: shard specs in, validated rows out."""
+    tables = []
+    for row in batch.to_pylist():
+        t0 = time.perf_counter()
+        table = read_shard(ShardSpec(**row), max_doc_bytes)
+        n = len(table)
+        table = table.append_column("_shard", pa.array([row["shard"]] * n, pa.int64()))
+        table = table.append_column("_shard_rows", pa.array([n] * n, pa.int64()))
+        tables.append(table.append_column("_seconds_read", pa.array(np.full(n, (time.perf_counter() - t0) / n))))
+    return pa.concat_tables(tables)
+
+
+class StageActor:
+    """Ray actor: holds one stage with its models loaded, scores the valid rows of each batch."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        valid = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        texts = batch["text"].take(pa.array(rows)).to_pylist()
+        scores = self.stage.score(texts) if texts else {c: np.empty(0) for c in self.stage.score_columns}
+        for name, values in scores.items():
+            full = np.zeros(len(batch), dtype=np.asarray(values).dtype)
+            full[rows] = values
+            batch = batch.append_column(name, pa.array(full, mask=~valid))
+        seconds = (time.perf_counter() - t0) / max(len(batch), 1)
+        return batch.append_column(f"_seconds_{self.stage.name}", pa.array(np.full(len(batch), seconds)))
+
+
+def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: Path, address: str | None, log) -> None:
+    import ray
+
+    _init_ray(address)
+    workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(_read_block, batch_size=1, batch_format="pyarrow", fn_kwargs={"max_doc_bytes": job.max_doc_bytes})
+    for stage in stages:
+        ds = ds.map_batches(
+            StageActor,
+            fn_constructor_kwargs={"stage": stage},
+            batch_size=job.batch_docs,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_cpus=1,
+        )
+    sink = _ShardSink(work, len(pending), log)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink.add(batch)
+    if sink.open:
+        raise RuntimeError(f"shards {sorted(sink.open)} ended incomplete")
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+
+
+class _ShardSink:
+    """Gathers rows by shard on the driver; writes a shard once all its rows have arrived."""
+
+    def __init__(self, work: Path, total: int, log):
+        self.work, self.total, self.log = work, total, log
+        self.parts: dict[int, list[pa.Table]] = defaultdict(list)
+        self.seen: dict[int, int] = defaultdict(int)
+        self.done = 0
+
+    @property
+    def open(self) -> list[int]:
+        return list(self.parts)
+
+    def add(self, batch: pa.Table) -> None:
+        if not len(batch):
+            return
+        shard_col = batch["_shard"].to_numpy()
+        for shard in np.unique(shard_col):
+            part = batch.filter(pa.array(shard_col == shard))
+            shard = int(shard)
+            self.parts[shard].append(part)
+            self.seen[shard] += len(part)
+            if self.seen[shard] == part["_shard_rows"][0].as_py():
+                table = pa.concat_tables(self.parts.pop(shard)).sort_by("input_row").drop_columns(list(INTERNAL))
+                write_parquet(table, _shard_file(self.work, shard))
+                self.done += 1
+                self.log(f"shard {shard} done ({len(table)} documents) [{self.done}/{self.total}]")
+
+
+# ---------------------------------------------------------------- phase 2: fit thresholds, split
+
+
+def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log) -> dict:
+    files = [_shard_file(work, s.shard) for s in shards]
+    score_cols = ["id", "source", "error"] + [c for s in stages for c in s.score_columns]
+    scores = pl.concat([pl.read_parquet(f, columns=score_cols) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+    valid = scores.filter(pl.col("error").is_null()).with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
+    params = []
+    for stage in stages:
+        p = stage.fit(valid.filter(pl.col("reject_stage").is_null()))
+        params.append(p)
+        valid = _apply(valid, stage, p)
+        log(f"stage {stage.name}: {json.dumps(p)}")
+
+    for sub in ("kept", "rejected", "quarantine"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    outputs: dict[str, dict] = {}
+    frames: dict[str, list[pl.DataFrame]] = {"kept": [], "rejected": [], "quarantine": []}
+    seconds: dict[str, float] = defaultdict(float)
+    for spec, path in zip(shards, files):
+        df = pl.read_parquet(path)
+        for col in [c for c in df.columns if c.startswith("_seconds_")]:
+            seconds[col.removeprefix("_seconds_")] += float(df[col].sum())
+        df = df.drop([c for c in df.columns if c.startswith("_seconds_")])
+        quarantined = df.filter(pl.col("error").is_not_null()).select(QUARANTINE_COLUMNS)
+        docs = df.filter(pl.col("error").is_null()).drop(["error", "raw"]).with_columns(
+            reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String)
+        )
+        for stage, p in zip(stages, params):
+            docs = _apply(docs, stage, p)
+        parts = {
+            "kept": docs.filter(pl.col("reject_stage").is_null()).drop(["reject_stage", "reject_reason"]),
+            "rejected": docs.filter(pl.col("reject_stage").is_not_null()),
+            "quarantine": quarantined,
+        }
+        for sub, frame in parts.items():
+            if len(frame):
+                rel = f"{sub}/part-{spec.shard:05d}.parquet"
+                sha = write_parquet(frame.to_arrow(), out_dir / rel)
+                outputs[rel] = {"rows": len(frame), "sha256": sha}
+                frames[sub].append(_without_text(frame))
+    log(f"wrote {len(outputs)} output files to {out_dir}")
+    return {"outputs": outputs, "params": params, "seconds": dict(seconds), "frames": {k: _concat(v) for k, v in frames.items()}, "scores": scores}
+
+
+def _without_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """What the manifest and report need of a part, with a snippet instead of the whole text."""
+    if "text" in frame.columns:
+        return frame.with_columns(snippet=pl.col("text").str.slice(0, report.SNIPPET_CHARS)).drop("text")
+    return frame.with_columns(snippet=pl.col("raw").str.slice(0, report.SNIPPET_CHARS))
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
+    """Run one stage's decision; a document keeps the first stage that rejected it."""
+    df = stage.decide(df, params)
+    first = pl.col("reject_stage").is_null() & pl.col("_reason").is_not_null()
+    return df.with_columns(
+        reject_stage=pl.when(first).then(pl.lit(stage.name)).otherwise(pl.col("reject_stage")),
+        reject_reason=pl.when(first).then(pl.col("_reason")).otherwise(pl.col("reject_reason")),
+    ).drop("_reason")
+
+
+# ---------------------------------------------------------------- accounting
+
+
+def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, result: dict, out_dir: Path, seconds: float) -> dict:
+    frames = result["frames"]
+    scores: pl.DataFrame = result["scores"]
+    total_input = sum(s.stop - s.start for s in shards)
+    stage_names = [e.kind for e in job.stages]
+
+    def counts(source: str | None) -> dict:
+        def n(frame: pl.DataFrame) -> int:
+            if not len(frame):
+                return 0
+            return len(frame) if source is None else int((frame["source"] == source).sum())
+
+        rejected = frames["rejected"]
+        by_stage = {name: n(rejected.filter(pl.col("reject_stage") == name)) if len(rejected) else 0 for name in stage_names}
+        return {"input": n(scores), "kept": n(frames["kept"]), "rejected": by_stage, "quarantined": n(frames["quarantine"])}
+
+    manifest = {
+        "job": job.name,
+        "config_hash": config_hash,
+        **counts(None),
+        "sources": {src: counts(src) for src in sorted(scores["source"].unique().to_list())} if len(scores) else {},
+        "inputs": [{"path": str(p), "source": s, "sha256": sha256_file(p)} for p, s in files],
+        "shards": result["outputs"],
+        "stages": [{"stage": name, **p} for name, p in zip(stage_names, result["params"])],
+        "seconds": {"total": round(seconds, 2), **{k: round(v, 2) for k, v in result["seconds"].items()}},
+    }
+    for scope, c in [("run", manifest)] + list(manifest["sources"].items()):
+        accounted = c["kept"] + sum(c["rejected"].values()) + c["quarantined"]
+        if accounted != c["input"]:
+            raise RuntimeError(f"accounting broken for {scope}: input {c['input']} != kept + rejected + quarantined {accounted}")
+    if manifest["input"] != total_input:
+        raise RuntimeError(f"accounting broken: {total_input} input records but {manifest['input']} rows were read")
+    tmp = out_dir / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, out_dir / "manifest.json")
+    return manifest

@@ -1,0 +1,135 @@
+"""The job spec: a YAML file validated into these models. Unknown keys and wrong types are
+errors that name the key path (`stages.1.perplexity.keep.0: ...`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Bucket = Literal["head", "middle", "tail"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Input(Strict):
+    path: str
+    source: str | None = Field(None, description="source name for every document of this input; default: the record's `source`, else the file name")
+
+
+class Calibration(Strict):
+    labeled: list[str] = Field(description="labelled files; their val split picks the threshold, their test split measures it")
+    label_field: str = "harmful"
+    reference: str | None = Field(None, description="benign reference model (a name under `models` or a path) for the contrastive score")
+
+
+class TrainingInput(Strict):
+    path: str
+    where: dict[str, Any] = Field(default_factory=dict, description="keep documents whose fields equal these values")
+    split: Literal["train", "val", "test"] | None = Field(None, description="keep one part of the fixed id split")
+
+
+class ModelTraining(Strict):
+    input: list[str | TrainingInput] = Field(min_length=1, description="paths, or {path, where, split}")
+    order: int = Field(5, ge=2, le=9)
+    vocab: int = Field(65536, ge=100)
+    calibrate: Calibration | None = None
+
+    def sources(self) -> list[dict]:
+        return [TrainingInput(path=i).model_dump() if isinstance(i, str) else i.model_dump() for i in self.input]
+
+
+class PerplexityStage(Strict):
+    model: str
+    percentiles: tuple[float, float] = (30.0, 60.0)
+    cutoffs: tuple[float, float] | None = Field(None, description="fixed head/middle upper bounds instead of percentiles")
+    keep: list[Bucket] = ["head", "middle", "tail"]
+    max_ppl: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PerplexityStage:
+        lo, hi = self.cutoffs if self.cutoffs else self.percentiles
+        if not lo <= hi:
+            raise ValueError("the head bound must not exceed the middle bound")
+        if not self.cutoffs and not (0 <= lo <= 100 and 0 <= hi <= 100):
+            raise ValueError("percentiles must lie in [0, 100]")
+        return self
+
+
+class HarmfulStage(Strict):
+    model: str
+    reference: str | None = Field(None, description="benign reference model; default: the one the model was calibrated with")
+    score: Literal["perplexity", "contrastive"] | None = Field(None, description="default: the better one found by calibration")
+    threshold: float | Literal["card", "valley"] = "card"
+
+
+class StageEntry(Strict):
+    perplexity: PerplexityStage | None = None
+    harmful: HarmfulStage | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StageEntry:
+        set_ = [k for k in ("perplexity", "harmful") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("each stage is a mapping with exactly one key: perplexity or harmful")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "perplexity" if self.perplexity else "harmful"
+
+    @property
+    def config(self) -> PerplexityStage | HarmfulStage:
+        return self.perplexity or self.harmful  # type: ignore[return-value]
+
+
+class Job(Strict):
+    name: str
+    inputs: list[Input] = Field(min_length=1)
+    output: str | None = Field(None, description="default: out/<name>")
+    models_dir: str = "out/models"
+    models: dict[str, ModelTraining] = Field(default_factory=dict)
+    stages: list[StageEntry] = Field(default_factory=list)
+    shard_docs: int = Field(1000, ge=1, description="documents per shard: the unit of work and of resume")
+    batch_docs: int = Field(256, ge=1)
+    max_doc_bytes: int = Field(1_000_000, ge=1)
+    workers: int | None = Field(None, ge=1, description="actors per stage; default: the cluster's CPUs")
+    report_samples: int = Field(3, ge=0)
+
+    def config_hash(self) -> str:
+        """Everything that decides the output, not where it goes."""
+        data = self.model_dump(mode="json", exclude={"output", "workers"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def output_dir(self) -> Path:
+        return Path(self.output or f"out/{self.name}")
+
+
+class SpecError(ValueError):
+    """An invalid job file; the message lists every problem with its key path."""
+
+
+def load_job(path: str | Path) -> Job:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"job file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a job is a YAML mapping, got {type(data).__name__}")
+    try:
+        return Job.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{path}: invalid job"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise SpecError("\n".join(lines)) from None

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian machine: system packages, the venv, the package, and
+# KenLM's lmplz/build_binary compiled from the PyPI kenlm source package into a cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+KENLM_CACHE=${CURATE_KENLM_CACHE:-$HOME/.cache/curate/kenlm}
+APT_PACKAGES="g++ cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev"
+
+step() { printf '\n== %s\n' "$*"; }
+
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  step "apt-get install$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV"
+  python3.11 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+
+stamp="$VENV/.curate-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  step "pip install -e .[dev]"
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ ! -x "$KENLM_CACHE/bin/lmplz" ] || [ ! -x "$KENLM_CACHE/bin/build_binary" ]; then
+  step "building lmplz and build_binary into $KENLM_CACHE (about 2 minutes)"
+  work=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$work"
+  tar -xzf "$work"/kenlm-*.tar.gz -C "$work"
+  src=$(find "$work" -maxdepth 1 -type d -name 'kenlm-*' | head -1)
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  make -C "$work/build" -j"$(nproc)" lmplz build_binary >/dev/null
+  mkdir -p "$KENLM_CACHE/bin"
+  cp "$work/build/bin/lmplz" "$work/build/bin/build_binary" "$KENLM_CACHE/bin/"
+  rm -rf "$work"
+fi
+echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin"
