@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--labeled", nargs="+", required=True)
     ev.add_argument("--label-field", default="harmful")
     ev.set_defaults(func=_lm_evaluate)
+
+    from indexes.cli import add_commands
+
+    add_commands(sub)
     return p
 
 
