@@ -1,0 +1,211 @@
+"""Build an infini-gram v4 index: tokenize documents into shards, then suffix-sort each shard.
+
+Documents stream through in batches; each shard is closed once it holds `shard_tokens` tokens and
+its suffix array is built by a Ray task while the next shard is being tokenized. A task holds the
+shard's bytes (2 or 4 per token) plus pydivsufsort's output (4 bytes per byte of the shard, 8 past
+2 GiB) and writes the packed table straight to disk, so peak memory is bounded by the shard size,
+not by the corpus. The finished index is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from pydivsufsort import divsufsort
+
+from curate.documents import expand_inputs, read_texts
+from indexes.kernels import pack_even_pointers
+from indexes.layout import CARD_NAME, TOKENIZER_NAME, pointer_width, shard_path, token_width_for_vocab
+from indexes.tokenizer import find_eos_token_id, load_tokenizer
+
+DEFAULT_SHARD_TOKENS = 500_000_000
+ENCODE_BATCH_DOCS = 1024
+
+
+def iter_documents(patterns: list[str]) -> Iterator[dict]:
+    """Documents as {text, metadata} from Parquet shards (e.g. a run's kept/) or JSON Lines files.
+
+    `metadata` mirrors infini-gram's line: the file, the row in it, and the document's fields.
+    """
+    for path in expand_inputs(patterns):
+        if path.name.endswith(".parquet"):
+            parquet = pq.ParquetFile(path)
+            if "text" not in parquet.schema_arrow.names:
+                raise ValueError(f"{path}: no `text` column")
+            fields = [c for c in ("id", "source", "url") if c in parquet.schema_arrow.names]
+            row = 0
+            for batch in parquet.iter_batches(columns=["text", *fields], batch_size=ENCODE_BATCH_DOCS):
+                for record in batch.to_pylist():
+                    text = record.pop("text")
+                    yield {"text": text or "", "metadata": {"path": path.name, "linenum": row, "metadata": record}}
+                    row += 1
+        else:
+            for row, doc in enumerate(read_texts([str(path)])):
+                text = doc.pop("text")
+                yield {"text": text, "metadata": {"path": path.name, "linenum": row, "metadata": doc}}
+
+
+class ShardWriter:
+    """Appends tokenized documents to the v4 files of one shard."""
+
+    def __init__(self, index_dir: Path, s: int, token_width: int):
+        self.s, self.token_width = s, token_width
+        self.dtype = np.dtype("<u2" if token_width == 2 else "<u4")
+        self.separator = b"\xff" * token_width
+        self.files = {kind: open(shard_path(index_dir, kind, s), "wb") for kind in ("tokenized", "offset", "metadata", "metaoff")}
+        self.token_bytes = 0
+        self.meta_bytes = 0
+        self.docs = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.token_bytes // self.token_width
+
+    def add(self, ids: Iterable[int] | np.ndarray, metadata: dict | None = None) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= (1 << (8 * self.token_width)) - 1):
+            raise ValueError(f"token id out of range for {self.token_width}-byte ids (the all-0xFF id is the separator)")
+        self.files["offset"].write(np.uint64(self.token_bytes).tobytes())
+        self.files["metaoff"].write(np.uint64(self.meta_bytes).tobytes())
+        line = (json.dumps(metadata or {}, ensure_ascii=False) + "\n").encode()
+        self.files["metadata"].write(line)
+        self.files["tokenized"].write(self.separator + ids.astype(self.dtype).tobytes())
+        self.token_bytes += self.token_width * (ids.size + 1)
+        self.meta_bytes += len(line)
+        self.docs += 1
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def build_suffix_array(index_dir: str | Path, s: int, token_width: int) -> float:
+    """Write `table.{s}`: pydivsufsort over the little-endian bytes, token-aligned entries packed
+    to ceil(log2(bytes)/8) bytes each. This equals infini-gram's order (memcmp of the LE bytes).
+    Returns the seconds spent."""
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    ds = np.fromfile(shard_path(index_dir, "tokenized", s), dtype=np.uint8)
+    if ds.size == 0:
+        raise ValueError(f"shard {s} is empty")
+    byte_sa = divsufsort(ds)
+    pw = pointer_width(ds.size)
+    n = ds.size // token_width
+    tmp = shard_path(index_dir, "table", s).with_name(f".partial-{s}")
+    table = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n * pw,))
+    written = pack_even_pointers(byte_sa, token_width, pw, table)
+    if written != n:
+        raise RuntimeError(f"shard {s}: packed {written} suffixes, expected {n}")
+    table.flush()
+    del table, byte_sa
+    os.replace(tmp, shard_path(index_dir, "table", s))
+    return time.perf_counter() - t0
+
+
+def build_index(
+    inputs: list[str],
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    overwrite: bool = False,
+    log=print,
+) -> dict:
+    """Index documents (Parquet shards such as a run's `kept/*.parquet`, or JSON Lines) and return
+    the index card. Shards are suffix-sorted in parallel as Ray tasks."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    documents = _encode(iter_documents(inputs), tokenizer)
+    return write_index(documents, out_dir, tokenizer.get_vocab_size(), find_eos_token_id(tokenizer), tokenizer_path, shard_tokens, overwrite, log)
+
+
+def _encode(docs: Iterator[dict], tokenizer) -> Iterator[tuple[list[int], dict]]:
+    batch: list[dict] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == ENCODE_BATCH_DOCS:
+            yield from _encode_batch(batch, tokenizer)
+            batch = []
+    yield from _encode_batch(batch, tokenizer)
+
+
+def _encode_batch(batch: list[dict], tokenizer) -> Iterator[tuple[list[int], dict]]:
+    encodings = tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False)
+    for doc, enc in zip(batch, encodings):
+        yield enc.ids, doc["metadata"]
+
+
+def write_index(
+    documents: Iterable[tuple[Iterable[int], dict]],
+    out_dir: str | Path,
+    vocab_size: int,
+    eos_token_id: int,
+    tokenizer_path: str | Path | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    overwrite: bool = False,
+    log=print,
+) -> dict:
+    """Index already tokenized documents given as (token ids, metadata) pairs. Without a
+    tokenizer the index answers token-id queries only."""
+    import ray
+
+    width = token_width_for_vocab(vocab_size)
+    if shard_tokens < 1:
+        raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
+    work = out_dir.with_name(f".{out_dir.name}.building")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    sort_task = ray.remote(num_cpus=1)(build_suffix_array)
+    t0 = time.perf_counter()
+    pending, writers = [], []
+    writer = None
+    for ids, metadata in documents:
+        if writer is None:
+            writer = ShardWriter(work, len(writers), width)
+        writer.add(ids, metadata)
+        if writer.tokens >= shard_tokens:
+            writer.close()
+            writers.append(writer)
+            pending.append(sort_task.remote(str(work), writer.s, width))
+            log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
+            writer = None
+    if writer is not None:
+        writer.close()
+        writers.append(writer)
+        pending.append(sort_task.remote(str(work), writer.s, width))
+        log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
+    if not writers:
+        shutil.rmtree(work)
+        raise ValueError("no documents to index")
+    ray.get(pending)
+
+    card = {
+        "format": "infini-gram v4",
+        "token_width": width,
+        "vocab_size": vocab_size,
+        "eos_token_id": eos_token_id,
+        "shards": len(writers),
+        "tokens": sum(w.tokens for w in writers),
+        "documents": sum(w.docs for w in writers),
+        "tokenizer": TOKENIZER_NAME if tokenizer_path else None,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, work / TOKENIZER_NAME)
+    (work / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+    log(f"index {out_dir}: {card['tokens']:,} tokens in {card['shards']} shard(s), {card['build_seconds']} s")
+    return card
