@@ -66,16 +66,25 @@ def sweep(harmfulness: np.ndarray, labels: np.ndarray, candidates: int = 200) ->
     return float(best), metrics(harmfulness, labels, best)
 
 
-def valley(harmfulness: np.ndarray, bins: int = 60) -> float:
-    """The lowest point of the smoothed histogram between its two highest peaks."""
+def valley(harmfulness: np.ndarray, bins: int = 60, min_prominence: float = 0.1) -> float:
+    """The lowest point of the smoothed histogram between its highest peak and the most
+    prominent other peak; a second peak less prominent than `min_prominence` of the highest
+    one is noise, and then there is no valley to find."""
     counts, edges = np.histogram(harmfulness, bins=bins)
-    smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
+    smooth = np.convolve(counts, np.ones(5) / 5, mode="same")
     padded = np.concatenate([[-1.0], smooth, [-1.0]])
     peaks = [i for i in range(len(smooth)) if padded[i + 1] > padded[i] and padded[i + 1] >= padded[i + 2]]
-    if len(peaks) < 2:
+    top = max(peaks, key=lambda i: smooth[i])
+
+    def low_between(i: int) -> int:
+        lo, hi = sorted((top, i))
+        return lo + int(np.argmin(smooth[lo : hi + 1]))
+
+    others = [(smooth[i] - smooth[low_between(i)], i) for i in peaks if i != top]
+    prominence, second = max(others, default=(0.0, top))
+    if prominence < min_prominence * smooth[top]:
         raise ValueError("the score histogram has a single peak, not two: calibrate with labels or give a threshold")
-    first, second = sorted(sorted(peaks, key=lambda i: smooth[i])[-2:])
-    low = first + int(np.argmin(smooth[first : second + 1]))
+    low = low_between(second)
     return float((edges[low] + edges[low + 1]) / 2)
 
 

@@ -56,6 +56,17 @@ def perplexity(log10_sum: float, tokens: int) -> float:
     return 10.0 ** (-log10_sum / tokens)
 
 
+def score_piece_lines(model: kenlm.Model, piece_lines: Iterable[list[str]]) -> tuple[float, int]:
+    """CCNet's document score from its lines' pieces: (sum of log10 p with <s> and </s> per
+    line, pieces + 1 per line)."""
+    log10_sum = 0.0
+    tokens = 0
+    for pieces in piece_lines:
+        log10_sum += model.score(" ".join(pieces), bos=True, eos=True)
+        tokens += len(pieces) + 1
+    return log10_sum, tokens
+
+
 class LanguageModel:
     """A loaded model directory: SentencePiece plus KenLM, scoring in CCNet's convention."""
 
@@ -71,12 +82,7 @@ class LanguageModel:
     def score(self, text: str) -> tuple[float, int]:
         """(sum of log10 probabilities, number of tokens including one </s> per line)."""
         lines = [normalize(line) for line in text.split("\n")]
-        log10_sum = 0.0
-        tokens = 0
-        for pieces in self.sp.encode(lines, out_type=str):
-            log10_sum += self.kenlm.score(" ".join(pieces), bos=True, eos=True)
-            tokens += len(pieces) + 1
-        return log10_sum, tokens
+        return score_piece_lines(self.kenlm, self.sp.encode(lines, out_type=str))
 
     def score_many(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         scores = [self.score(t) for t in texts]

@@ -1,0 +1,60 @@
+"""Shared fixtures: small real models (real lmplz) and a small real input mix, built once."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from curate import harmful, lm
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+DAVIDSON = str(DATA / "harmful" / "davidson_hate_offensive.jsonl.gz")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, str]:
+    """A Wikipedia quality model, a harmful-only model and a benign reference, calibrated."""
+    root = tmp_path_factory.mktemp("models")
+    dirs = {name: str(root / name) for name in ("wiki", "harmful", "benign")}
+    lm.train([lm.source(str(DATA / "wiki"))], dirs["wiki"], vocab=4000)
+    lm.train([lm.source(DAVIDSON, {"harmful": True}, "train")], dirs["harmful"], vocab=4000)
+    lm.train([lm.source(DAVIDSON, {"harmful": False}, "train"), lm.source(str(DATA / "wiki"))], dirs["benign"], vocab=4000)
+    harmful.calibrate_model(dirs["harmful"], [DAVIDSON], reference=dirs["benign"])
+    return dirs
+
+
+def _head(path: Path, n: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [next(f) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory) -> Path:
+    """240 real documents in three files plus the broken-records fixture (8 records, 7 bad)."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "owt.jsonl").write_text("".join(_head(DATA / "web" / "openwebtext_1k.jsonl.gz", 140)))
+    (root / "cc.jsonl").write_text("".join(_head(DATA / "web" / "dolma_cc_2019.jsonl.gz", 60)))
+    (root / "talk.jsonl").write_text("".join(_head(DATA / "harmful" / "jigsaw_toxic_sample.jsonl.gz", 40)))
+    shutil.copy(DATA / "samples" / "broken.jsonl", root / "broken.jsonl")
+    return root
+
+
+def write_job(path: Path, input_dir: Path, models: dict[str, str], **overrides) -> Path:
+    job = {
+        "name": "t",
+        "inputs": [{"path": str(input_dir / n)} for n in ("owt.jsonl", "cc.jsonl", "talk.jsonl", "broken.jsonl")],
+        "shard_docs": 50,
+        "batch_docs": 32,
+        "max_doc_bytes": 200_000,
+        "workers": 2,
+        "stages": [
+            {"harmful": {"model": models["harmful"]}},
+            {"perplexity": {"model": models["wiki"], "keep": ["head", "middle"]}},
+        ],
+    }
+    job.update(overrides)
+    path.write_text(json.dumps(job))  # JSON is YAML
+    return path
