@@ -165,7 +165,9 @@ def write_index(
     work.mkdir(parents=True)
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        # A local instance on loopback: on hosts whose primary address is not reachable from
+        # itself, Ray's health checks otherwise declare the node dead after ~30 s.
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, _node_ip_address="127.0.0.1")
     sort_task = ray.remote(num_cpus=1)(build_suffix_array)
     t0 = time.perf_counter()
     pending, writers = [], []

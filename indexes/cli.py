@@ -3,7 +3,141 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from indexes.build import DEFAULT_SHARD_TOKENS
+from indexes.contamination import DEFAULT_NGRAM
+from indexes.dedup import DEFAULT_MIN_TOKENS
+from indexes.server import QUERY_TYPES
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the tokenizer and index commands on the top-level `curate` parser."""
+    tok = sub.add_parser("tokenizer", help="byte-level BPE tokenizers").add_subparsers(required=True, metavar="ACTION")
+    train = tok.add_parser("train", help="train a byte-level BPE tokenizer.json")
+    train.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.jsonl, .jsonl.gz, .parquet)")
+    train.add_argument("--out", required=True, help="tokenizer.json to write")
+    train.add_argument("--vocab", type=int, default=32000, help="vocabulary size (default 32000)")
+    train.set_defaults(func=_tokenizer_train)
+
+    index = sub.add_parser("index", help="infini-gram suffix-array indexes").add_subparsers(required=True, metavar="ACTION")
+    build = index.add_parser("build", help="tokenize documents and build the suffix-array index")
+    build.add_argument("--input", nargs="+", required=True, help="Parquet shards (e.g. OUT/kept) or JSON Lines files")
+    build.add_argument("--tokenizer", required=True, help="a tokenizer.json")
+    build.add_argument("--out", required=True, help="index directory")
+    build.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    build.set_defaults(func=_index_build)
+
+    query = index.add_parser("query", help="ask the index one question; prints JSON")
+    query.add_argument("index_dir")
+    query.add_argument("query_type", choices=QUERY_TYPES)
+    query.add_argument("query", nargs="?", help="text (count/search_docs/find_cnf accept 'a OR b AND c'); prob: the last token is the continuation")
+    query.add_argument("--ids", action="store_true", help="QUERY is a JSON list of token ids instead of text")
+    for name in ("max_support", "maxnum", "max_disp_len", "max_clause_freq", "max_diff_tokens", "s", "rank", "ptr"):
+        query.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    query.set_defaults(func=_index_query)
+
+    serve = index.add_parser("serve", help="serve the HTTP JSON API")
+    serve.add_argument("index_dir")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_index_serve)
+
+    cont = index.add_parser("contamination", help="per eval document: longest match and fraction of 13-grams in the index")
+    cont.add_argument("index_dir")
+    cont.add_argument("eval_file", nargs="+", help="eval documents (.jsonl, .jsonl.gz or .parquet with a text field)")
+    cont.add_argument("--ngram", type=int, default=DEFAULT_NGRAM)
+    cont.set_defaults(func=_index_contamination)
+
+    dedup = index.add_parser("dedup", help="exact-substring dedup: repeated spans to remove, per document")
+    dedup.add_argument("index_dir")
+    dedup.add_argument("--min-tokens", type=int, default=DEFAULT_MIN_TOKENS, help=f"shortest repeated span removed (default {DEFAULT_MIN_TOKENS})")
+    dedup.add_argument("--out", help="write the per-document result as Parquet here (default: JSON lines on stdout)")
+    dedup.set_defaults(func=_index_dedup)
+
+
+def _tokenizer_train(args) -> int:
+    from curate.documents import read_texts
+    from indexes.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer((doc["text"] for doc in read_texts(args.input)), args.out, args.vocab)
+    print(f"tokenizer {args.out}: {tokenizer.get_vocab_size():,} tokens")
+    return 0
+
+
+def _index_build(args) -> int:
+    from indexes.build import build_index
+
+    build_index(args.input, args.tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _index_query(args) -> int:
+    from indexes.engine import Engine
+    from indexes.server import answer
+
+    request = {"query_type": args.query_type}
+    if args.query is not None:
+        if args.ids:
+            try:
+                request["query_ids"] = json.loads(args.query)
+            except json.JSONDecodeError:
+                raise ValueError(f"--ids: QUERY must be a JSON list of token ids, got {args.query!r}") from None
+        else:
+            request["query"] = args.query
+    for name in ("max_support", "maxnum", "max_disp_len", "max_clause_freq", "max_diff_tokens", "s", "rank", "ptr"):
+        if getattr(args, name) is not None:
+            request[name] = getattr(args, name)
+    print(json.dumps(answer(Engine(args.index_dir), request), ensure_ascii=False))
+    return 0
+
+
+def _index_serve(args) -> int:
+    from indexes.server import make_server
+
+    server = make_server(args.index_dir, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving {args.index_dir} on http://{host}:{port}/ (POST JSON queries; Ctrl-C stops)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _index_contamination(args) -> int:
+    import numpy as np
+
+    from curate.documents import read_texts
+    from indexes.contamination import contamination_report
+    from indexes.engine import Engine
+
+    fractions = []
+    for row in contamination_report(Engine(args.index_dir), read_texts(args.eval_file), args.ngram):
+        print(json.dumps(row, ensure_ascii=False))
+        if row["ngram_found_fraction"] is not None:
+            fractions.append(row["ngram_found_fraction"])
+    if fractions:
+        f = np.array(fractions)
+        print(f"{len(f)} eval documents: mean {args.ngram}-gram overlap {f.mean():.3f}; {int((f >= 0.8).sum())} with >= 80% overlap", file=sys.stderr)
+    return 0
+
+
+def _index_dedup(args) -> int:
+    import pyarrow.parquet as pq
+
+    from indexes.dedup import dedup_table
+
+    table = dedup_table(args.index_dir, args.min_tokens)
+    if args.out:
+        pq.write_table(table, args.out, compression="zstd")
+    else:
+        for row in table.to_pylist():
+            print(json.dumps(row))
+    removed = sum(table.column("removed_tokens").to_pylist())
+    print(f"{removed:,} repeated tokens to remove in {sum(1 for r in table.column('removed_tokens').to_pylist() if r)} of {table.num_rows} documents", file=sys.stderr)
+    return 0

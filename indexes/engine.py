@@ -3,8 +3,9 @@
 Inputs are lists of token ids (use `tokenize` for text). Every answer is summed over shards;
 rank ranges (`segment_by_shard`) and byte pointers (`ptrs_by_shard`) are per shard. Invalid input
 raises `QueryError` (infini-gram returns `{'error': ...}` instead; the HTTP server does that).
-Differences from infini-gram, all in approximate answers only: CNF clause subsampling draws from
-numpy's generator (same seed) and scales counts by the exact ratio, not an integer one.
+Differences from infini-gram: CNF clause subsampling (approximate answers only) draws from numpy's
+generator (same seed) and scales counts by the exact ratio, not an integer one; a document fetched
+by a pointer on its separator has needle_offset -1 where infini-gram's unsigned arithmetic wraps.
 """
 
 from __future__ import annotations
@@ -216,6 +217,15 @@ class Engine:
         start, end = self._doc_bounds(self.shards[s], local)
         return self.shards[s].tokens[start:end].view(self._dtype)
 
+    def doc_metadata(self, s: int, local: int) -> str:
+        """The metadata line of document `local` of shard `s` ("" when the index has none)."""
+        shard = self.shards[s]
+        if shard.metadata is None:
+            return ""
+        m0 = int(shard.meta_offsets[local])
+        m1 = int(shard.meta_offsets[local + 1]) if local + 1 < shard.doc_count else shard.metadata.size
+        return bytes(shard.metadata[m0:m1]).decode("utf-8", errors="replace")
+
     # -- internals ----------------------------------------------------------------------------
 
     def _bytes(self, ids) -> np.ndarray:
@@ -338,17 +348,12 @@ class Engine:
 
     def _doc_result(self, s: int, local: int, doc_start: int, doc_end: int, disp_start: int, disp_end: int, needle_offset: int) -> dict:
         shard = self.shards[s]
-        metadata = ""
-        if shard.metadata is not None:
-            m0 = int(shard.meta_offsets[local])
-            m1 = int(shard.meta_offsets[local + 1]) if local + 1 < shard.doc_count else shard.metadata.size
-            metadata = bytes(shard.metadata[m0:m1]).decode("utf-8", errors="replace")
         return {
             "doc_ix": sum(sh.doc_count for sh in self.shards[:s]) + local,
             "doc_len": (doc_end - doc_start) // self.token_width,
             "disp_len": (disp_end - disp_start) // self.token_width,
             "needle_offset": needle_offset,
-            "metadata": metadata,
+            "metadata": self.doc_metadata(s, local),
             "token_ids": shard.tokens[disp_start:disp_end].view(self._dtype).tolist(),
             "blocked": False,
         }

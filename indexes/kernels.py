@@ -189,3 +189,83 @@ def ranges_without_separator(ds, w, lo, hi):
     for i in range(lo.size):
         keep[i] = not contains_separator(ds, w, lo[i], hi[i])
     return keep
+
+
+@njit(**_JIT)
+def longest_matches(ds, sa, pw, w, query):
+    """For each token position i of `query` (bytes), the length in tokens of the longest prefix
+    of query[i:] that occurs in the shard."""
+    n_tokens = query.size // w
+    out = np.zeros(n_tokens, np.int64)
+    for i in range(n_tokens):
+        out[i] = longest_prefix_match(ds, sa, pw, w, query[i * w :])
+    return out
+
+
+@njit(**_JIT)
+def _same_kgram(ds, w, p, q, k):
+    """Whether the k tokens at byte offsets p and q are equal and hold no separator."""
+    span = k * w
+    if p + span > ds.size or q + span > ds.size:
+        return False
+    run = 0
+    for i in range(span):
+        a = ds[p + i]
+        if a != ds[q + i]:
+            return False
+        if i % w == 0:
+            run = 0
+        run = run + 1 if a == 0xFF else run
+        if run == w:
+            return False
+    return True
+
+
+@njit(**_JIT)
+def _valid_kgram(ds, w, p, k):
+    return _same_kgram(ds, w, p, p, k)
+
+
+@njit(**_JIT)
+def repeated_kgram_starts(ds, sa, pw, w, k):
+    """Token positions whose k-gram also starts at an earlier position of the shard, and the
+    positions that are the first of their k-gram (candidates for an earlier-shard check).
+
+    Suffixes sharing a k-gram are adjacent in the suffix array, so one pass over neighbours finds
+    every group; the smallest pointer in a group is the first occurrence.
+    """
+    n = sa.size // pw
+    repeated = np.zeros(ds.size // w, np.bool_)
+    first = np.zeros(ds.size // w, np.bool_)
+    r = 0
+    while r < n:
+        p = pointer_at(sa, pw, r)
+        if not _valid_kgram(ds, w, p, k):
+            r += 1
+            continue
+        end = r + 1
+        smallest = p
+        while end < n and _same_kgram(ds, w, p, pointer_at(sa, pw, end), k):
+            q = pointer_at(sa, pw, end)
+            if q < smallest:
+                smallest = q
+            end += 1
+        for j in range(r, end):
+            q = pointer_at(sa, pw, j)
+            if q != smallest:
+                repeated[q // w] = True
+        first[smallest // w] = True
+        r = end
+    return repeated, first
+
+
+@njit(**_JIT)
+def kgrams_seen_in(ds_from, positions, w, k, ds, sa, pw):
+    """For token positions of shard `ds_from`, whether their k-gram occurs in the other shard."""
+    n = sa.size // pw
+    out = np.zeros(positions.size, np.bool_)
+    for i in range(positions.size):
+        p = positions[i] * w
+        start, end = find_range(ds, sa, pw, ds_from[p : p + k * w], 0, 0, n)
+        out[i] = end > start
+    return out

@@ -1,0 +1,59 @@
+"""∞-gram language model scores of a text, and their linear interpolation with a neural model.
+
+P∞(w_i | w_<i) backs off to the longest suffix of the context that occurs in the corpus. It can be
+0 for the true token, so on its own it has no finite perplexity; mixed with a neural model,
+P = λ·P∞ + (1-λ)·P_neural, with one λ for sparse ∞-gram estimates (one token has all the mass)
+and one for the rest, fitted on held-out text (Liu et al., 2024).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indexes import kernels
+from indexes.engine import Engine
+
+LAMBDA_GRID = np.linspace(0.0, 0.99, 100)
+
+
+def infgram_token_probs(engine: Engine, token_ids: list[int], max_context: int = 500) -> dict:
+    """For tokens 1..n-1: the ∞-gram probability, suffix length and whether the estimate is sparse."""
+    probs, suffix_lens, sparse = [], [], []
+    for i in range(1, len(token_ids)):
+        context = token_ids[max(0, i - max_context) : i]
+        result = engine.infgram_prob(context, token_ids[i])
+        probs.append(max(result["prob"], 0.0))
+        suffix_lens.append(result["suffix_len"])
+        sparse.append(_is_sparse(engine, context[len(context) - result["suffix_len"] :]))
+    return {"prob": np.array(probs), "suffix_len": np.array(suffix_lens, np.int64), "sparse": np.array(sparse, bool)}
+
+
+def fit_lambdas(infgram: dict, neural_probs: np.ndarray) -> tuple[float, float]:
+    """(λ for sparse, λ for non-sparse) minimising held-out negative log-likelihood on a grid."""
+    neural_probs = np.asarray(neural_probs, float)
+    if neural_probs.shape != infgram["prob"].shape:
+        raise ValueError(f"neural_probs has {neural_probs.size} entries, the ∞-gram scores {infgram['prob'].size}")
+    best = []
+    for mask in (infgram["sparse"], ~infgram["sparse"]):
+        p, q = infgram["prob"][mask], neural_probs[mask]
+        nll = [-np.sum(np.log(lam * p + (1 - lam) * q)) for lam in LAMBDA_GRID]
+        best.append(float(LAMBDA_GRID[int(np.argmin(nll))]) if mask.any() else 0.0)
+    return best[0], best[1]
+
+
+def interpolated_perplexity(infgram: dict, neural_probs: np.ndarray, lambdas: tuple[float, float]) -> float:
+    lam = np.where(infgram["sparse"], lambdas[0], lambdas[1])
+    mixed = lam * infgram["prob"] + (1 - lam) * np.asarray(neural_probs, float)
+    return float(np.exp(-np.mean(np.log(mixed))))
+
+
+def _is_sparse(engine: Engine, suffix: list[int]) -> bool:
+    """Whether every occurrence of the suffix continues with the same token: in suffix-array order
+    the first and last occurrence of each shard agree."""
+    num_bytes = len(suffix) * engine.token_width
+    tokens = set()
+    for shard, (start, end) in zip(engine.shards, engine.find(suffix)["segment_by_shard"]):
+        for rank in {start, end - 1} if end > start else ():
+            ptr = kernels.pointer_at(shard.table, shard.pointer_width, rank)
+            tokens.add(int(kernels.token_at(shard.tokens, engine.token_width, ptr + num_bytes, engine.eos_token_id)))
+    return len(tokens) == 1

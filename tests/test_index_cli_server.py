@@ -1,0 +1,190 @@
+"""The user's path: `curate tokenizer train`, `curate index build|query|contamination|dedup`, and the
+HTTP API (answers equal the engine's, bad input gets 4xx, fuzzed input never gets 5xx, concurrent
+clients are served)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from curate.cli import main
+from indexes.engine import Engine
+from indexes.server import QUERY_TYPES, make_server
+from tests.index_support import DATA
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["tokenizer", "train", "--input", str(DATA / "wiki"), "--out", str(root / "tok.json"), "--vocab", "3000"]) == 0
+    assert main(["index", "build", "--input", str(DATA / "wiki"), "--tokenizer", str(root / "tok.json"), "--out", str(root / "ix"), "--shard-tokens", "300000"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    srv = make_server(built / "ix", "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _query(url: str, **request) -> tuple[int, dict]:
+    return _post(url, json.dumps(request).encode())
+
+
+def test_build_writes_shards_and_card(built):
+    card = json.loads((built / "ix" / "index.json").read_text())
+    assert card["shards"] >= 2 and card["vocab_size"] == 3000 and card["token_width"] == 2
+    assert (built / "ix" / "tokenizer.json").is_file()
+    for s in range(card["shards"]):
+        for kind in ("tokenized", "offset", "metadata", "metaoff", "table"):
+            assert (built / "ix" / f"{kind}.{s}").stat().st_size > 0
+
+
+def test_cli_query_prints_engine_answers(built, capsys):
+    engine = Engine(built / "ix")
+    ids = engine.tokenize(" the first")
+    assert main(["index", "query", str(built / "ix"), "count", " the first"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == engine.count(ids)["count"] > 0 and out["token_ids"] == ids
+    assert main(["index", "query", str(built / "ix"), "prob", json.dumps(ids), "--ids"]) == 0
+    assert json.loads(capsys.readouterr().out)["prob"] == engine.prob(ids[:-1], ids[-1])["prob"]
+    assert main(["index", "query", str(built / "ix"), "search_docs", "river AND bridge", "--maxnum", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cnt"] > 0 and len(out["documents"]) == 2 and "text" in out["documents"][0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["index", "query", "/nonexistent/ix", "count", "x"], "does not exist"),
+        (["index", "query", "{ix}", "prob", "[1, -5, 2]", "--ids"], "token ids"),
+        (["index", "query", "{ix}", "prob", "not json", "--ids"], "JSON list"),
+        (["index", "query", "{ix}", "ntd", "x", "--max-support", "0"], "max_support"),
+        (["index", "query", "{ix}", "get_doc_by_rank", "--s", "0", "--rank", "-1"], "rank"),
+        (["index", "build", "--input", "/nonexistent", "--tokenizer", "{tok}", "--out", "{tmp}/x"], "no such file"),
+        (["index", "build", "--input", "{data}", "--tokenizer", "/nonexistent.json", "--out", "{tmp}/x"], "does not exist"),
+        (["index", "build", "--input", "{data}", "--tokenizer", "{tok}", "--out", "{ix}"], "already exists"),
+        (["tokenizer", "train", "--input", "{data}", "--out", "{tmp}/t.json", "--vocab", "10"], "at least 257"),
+    ],
+)
+def test_cli_bad_input_gets_a_clear_error(built, tmp_path, capsys, argv, message):
+    argv = [a.format(ix=built / "ix", tok=built / "tok.json", tmp=tmp_path, data=DATA / "wiki") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curate: error:") and message in err
+
+
+def test_cli_contamination_and_dedup(built, tmp_path, capsys):
+    evals = tmp_path / "eval.jsonl"
+    engine = Engine(built / "ix")
+    corpus_doc = engine.detokenize(engine.get_doc_by_ix(3, 400)["token_ids"])
+    evals.write_text(json.dumps({"id": "copied", "text": corpus_doc}) + "\n" + json.dumps({"id": "fresh", "text": "Zebra quantum marmalade xylophone " * 5}) + "\n")
+    assert main(["index", "contamination", str(built / "ix"), str(evals)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["id"] == "copied" and rows[0]["ngram_found_fraction"] == 1.0
+    assert rows[1]["ngram_found_fraction"] < 0.5
+    assert main(["index", "dedup", str(built / "ix"), "--min-tokens", "20"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == engine.get_total_doc_cnt()
+
+
+def test_http_answers_match_the_engine(built, server):
+    engine = Engine(built / "ix")
+    ids = engine.tokenize(" the first time")
+    status, out = _query(server, query_type="count", query=" the first time")
+    assert status == 200 and out["count"] == engine.count(ids)["count"] and out["token_ids"] == ids and out["latency"] >= 0
+    status, out = _query(server, query_type="ntd", query_ids=ids[:-1], max_support=10)
+    assert status == 200 and {int(k): v for k, v in out["result_by_token_id"].items()} == engine.ntd(ids[:-1], 10)["result_by_token_id"]
+    status, out = _query(server, query_type="infgram_prob", query_ids=ids)
+    assert status == 200 and out["suffix_len"] == engine.infgram_prob(ids[:-1], ids[-1])["suffix_len"]
+    status, out = _query(server, query_type="find", query_ids=ids)
+    assert status == 200 and out["cnt"] == engine.find(ids)["cnt"]
+    status, out = _query(server, query_type="get_doc_by_rank", s=0, rank=5, max_disp_len=20)
+    assert status == 200 and out == {**engine.get_doc_by_rank(0, 5, 20), "text": out["text"], "latency": out["latency"]}
+    status, out = _query(server, query_type="count", query="river OR lake AND bridge")
+    assert status == 200 and out["approx"] is False and out["count"] > 0
+
+
+@pytest.mark.parametrize(
+    "request_body, status",
+    [
+        (b"not json", 400),
+        (b"[1, 2]", 400),
+        (json.dumps({"query_type": "nope", "query": "x"}).encode(), 400),
+        (json.dumps({"query_type": "count"}).encode(), 400),
+        (json.dumps({"query_type": "count", "query": "x" * 5000}).encode(), 400),
+        (json.dumps({"query_type": "count", "query_ids": list(range(600))}).encode(), 400),
+        (json.dumps({"query_type": "ntd", "query": "x", "max_support": 10**6}).encode(), 400),
+        (json.dumps({"query_type": "search_docs", "query": "a AND b AND c AND d AND e"}).encode(), 400),
+        (json.dumps({"query_type": "get_doc_by_ptr", "s": 0, "ptr": 1}).encode(), 400),
+        (json.dumps({"query_type": "count", "query": "x" * 70000}).encode(), 413),
+    ],
+)
+def test_http_bad_input_gets_4xx_with_a_message(server, request_body, status):
+    code, out = _post(server, request_body)
+    assert code == status and out["error"]
+
+
+def test_http_serves_concurrent_clients(built, server):
+    engine = Engine(built / "ix")
+    words = [" the", " river", " city", " war", " first", " of the", " in the", " and"]
+    expected = {w: engine.count(engine.tokenize(w))["count"] for w in words}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda w: (w, _query(server, query_type="count", query=w)), words * 10))
+    for word, (status, out) in results:
+        assert status == 200 and out["count"] == expected[word]
+
+
+_ids = st.lists(st.one_of(st.integers(-5, 70000), st.just(2**64), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none()), max_size=8)
+_json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)
+_request = st.fixed_dictionaries(
+    {},
+    optional={
+        "query_type": st.one_of(st.sampled_from(QUERY_TYPES), st.text(max_size=10), _json_value),
+        "query": st.one_of(st.text(max_size=60), st.sampled_from(["a AND b", "x OR y AND z", " AND ", "OR", " OR  OR "]), _json_value),
+        "query_ids": st.one_of(_ids, st.lists(st.lists(_ids, max_size=3), max_size=3), _json_value),
+        "maxnum": st.one_of(st.integers(-3, 20), _json_value),
+        "max_disp_len": st.one_of(st.integers(-3, 20000), _json_value),
+        "max_support": st.one_of(st.integers(-3, 2000), _json_value),
+        "max_clause_freq": st.one_of(st.integers(-3, 10**6), _json_value),
+        "max_diff_tokens": st.one_of(st.integers(-3, 2000), _json_value),
+        "s": st.one_of(st.integers(-2, 5), _json_value),
+        "rank": st.one_of(st.integers(-2, 10**7), _json_value),
+        "ptr": st.one_of(st.integers(-2, 10**7), _json_value),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=st.one_of(_request, _json_value))
+def test_http_fuzzed_requests_never_get_5xx(server, request):
+    status, out = _query(server, **request) if isinstance(request, dict) else _post(server, json.dumps(request).encode())
+    assert status in (200, 400), out
+    assert status == 200 or out["error"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=200))
+def test_http_fuzzed_bytes_never_get_5xx(server, body):
+    status, out = _post(server, body)
+    assert status in (200, 400)
