@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydivsufsort import divsufsort
 
 from curate.documents import expand_inputs, read_texts
-from indexes.kernels import pack_even_pointers
-from indexes.layout import CARD_NAME, TOKENIZER_NAME, pointer_width, shard_path, token_width_for_vocab
+from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
+from indexes.suffix_array import build_suffix_array
 from indexes.tokenizer import find_eos_token_id, load_tokenizer
 
 DEFAULT_SHARD_TOKENS = 500_000_000
@@ -84,29 +83,6 @@ class ShardWriter:
     def close(self) -> None:
         for f in self.files.values():
             f.close()
-
-
-def build_suffix_array(index_dir: str | Path, s: int, token_width: int) -> float:
-    """Write `table.{s}`: pydivsufsort over the little-endian bytes, token-aligned entries packed
-    to ceil(log2(bytes)/8) bytes each. This equals infini-gram's order (memcmp of the LE bytes).
-    Returns the seconds spent."""
-    t0 = time.perf_counter()
-    index_dir = Path(index_dir)
-    ds = np.fromfile(shard_path(index_dir, "tokenized", s), dtype=np.uint8)
-    if ds.size == 0:
-        raise ValueError(f"shard {s} is empty")
-    byte_sa = divsufsort(ds)
-    pw = pointer_width(ds.size)
-    n = ds.size // token_width
-    tmp = shard_path(index_dir, "table", s).with_name(f".partial-{s}")
-    table = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n * pw,))
-    written = pack_even_pointers(byte_sa, token_width, pw, table)
-    if written != n:
-        raise RuntimeError(f"shard {s}: packed {written} suffixes, expected {n}")
-    table.flush()
-    del table, byte_sa
-    os.replace(tmp, shard_path(index_dir, "table", s))
-    return time.perf_counter() - t0
 
 
 def build_index(

@@ -208,15 +208,6 @@ class Engine:
     def get_total_doc_cnt(self) -> int:
         return sum(shard.doc_count for shard in self.shards)
 
-    def doc_token_ids(self, doc_ix: int) -> np.ndarray:
-        """All tokens of one document (no separator), as a read-only array."""
-        s, local = 0, doc_ix
-        while local >= self.shards[s].doc_count:
-            local -= self.shards[s].doc_count
-            s += 1
-        start, end = self._doc_bounds(self.shards[s], local)
-        return self.shards[s].tokens[start:end].view(self._dtype)
-
     def doc_metadata(self, s: int, local: int) -> str:
         """The metadata line of document `local` of shard `s` ("" when the index has none)."""
         shard = self.shards[s]

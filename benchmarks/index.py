@@ -1,0 +1,167 @@
+"""Index benchmark: curate against the infini-gram 2.6.0 wheel, on the same tokenized files.
+
+    .venv/bin/python benchmarks/index.py [--sizes 1e6,1e7,1e8] [--queries 1000]
+
+Corpus: the shipped web and wiki samples, tokenized with a byte-level BPE (vocab 32,000). Larger
+shards are made by drawing random 64-token chunks of that text (with replacement) into
+documents of 200-2,000 tokens, so 10M and 100M tokens are real text, repeated and shuffled.
+
+Build: wall time and peak RSS of a fresh process that writes table.0 from tokenized.0 — curate's
+`build_suffix_array` (pydivsufsort, one core) against `python -m infini_gram.indexing`
+(rust_indexing make-part/merge/concat, all cores). Queries: p50/p95 latency of count, prob, ntd and
+infgram_prob through each engine's Python API on the same index (infini-gram with prefetching
+off), and batched count throughput against the engine's one-query loop. Ratios are
+baseline / curate for speed (above 1 = curate faster) and curate / baseline for latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from indexes.build import ShardWriter  # noqa: E402
+from indexes.engine import Engine  # noqa: E402
+from indexes.layout import CARD_NAME  # noqa: E402
+from indexes.tokenizer import find_eos_token_id, load_tokenizer, train_tokenizer  # noqa: E402
+
+CHUNK = 64
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1e6,1e7,1e8", help="shard sizes in tokens, comma-separated")
+    parser.add_argument("--queries", type=int, default=1000, help="queries per type for latency")
+    parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
+    args = parser.parse_args()
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="curate-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    tokenizer_path, pool = tokenized_pool(work)
+    print(f"corpus pool: {pool.size:,} real tokens; machine: {os.cpu_count()} cores\n")
+    print(f"{'tokens':>12} {'curate s':>9} {'infini-gram s':>14} {'speedup':>8} {'curate tok/s':>13} {'curate RSS MB':>14} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17}")
+    for n in sizes:
+        ours_dir, ref_dir = work / f"ours-{n}", work / f"ref-{n}"
+        write_shard(pool, n, ours_dir, tokenizer_path)
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        shutil.copytree(ours_dir, ref_dir, ignore=shutil.ignore_patterns("table.*"))
+        ours = timed([sys.executable, "-c", f"from indexes.suffix_array import build_suffix_array; build_suffix_array({str(ours_dir)!r}, 0, 2)"])
+        ref = timed([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", "1", "--ulimit", "4096"])
+        files = sum(f.stat().st_size for f in ours_dir.glob("*.0"))
+        identical = (ours_dir / "table.0").read_bytes() == (ref_dir / "table.0").read_bytes()
+        print(f"{n:>12,} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17}")
+        if n != max(sizes):
+            shutil.rmtree(ref_dir)
+
+    largest = work / f"ours-{max(sizes)}"
+    print(f"\nquery latency on the {max(sizes):,}-token index ({args.queries} queries per type, ms)")
+    query_benchmark(largest, args.queries)
+    if not args.workdir:
+        shutil.rmtree(work)
+
+
+def tokenized_pool(work: Path) -> tuple[Path, np.ndarray]:
+    """All shipped sample text, tokenized once, as one token array."""
+    from tests.index_support import real_texts
+
+    texts = real_texts()
+    tokenizer_path = work / "tokenizer.json"
+    tokenizer = train_tokenizer(texts, tokenizer_path, vocab_size=32000)
+    ids = [np.asarray(e.ids, np.uint16) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer_path, np.concatenate(ids)
+
+
+def write_shard(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path) -> None:
+    """tokenized.0/offset.0 of about n tokens (separators included) plus a card, no table yet."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    rng = np.random.default_rng(n)
+    writer = ShardWriter(out_dir, 0, 2)
+    chunks = pool.size // CHUNK
+    while writer.tokens < n:
+        picks = rng.integers(0, chunks, size=int(rng.integers(3, 32))) * CHUNK
+        writer.add(np.concatenate([pool[p : p + CHUNK] for p in picks]))
+    writer.close()
+    for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
+        (out_dir / f"{kind}.0").unlink()
+    tokenizer = load_tokenizer(tokenizer_path)
+    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": find_eos_token_id(tokenizer), "shards": 1, "tokens": writer.tokens, "documents": writer.docs, "tokenizer": None}
+    (out_dir / CARD_NAME).write_text(json.dumps(card))
+
+
+def timed(command: list[str]) -> dict:
+    """Wall seconds and peak RSS (the largest process of the tree) of a command."""
+    t0 = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return {"seconds": seconds, "rss_mb": int(result.stderr.strip().splitlines()[-1]) / 1024}
+
+
+def query_benchmark(index_dir: Path, queries: int) -> None:
+    from infini_gram.engine import InfiniGramEngine
+
+    ours = Engine(index_dir)
+    ref = InfiniGramEngine(index_dir=str(index_dir), eos_token_id=ours.eos_token_id, vocab_size=65535, token_dtype="u16", ds_prefetch_depth=0, sa_prefetch_depth=0, od_prefetch_depth=0)
+    tokens = ours.shards[0].tokens.view("<u2")
+    rng = random.Random(0)
+
+    def ngram(n: int) -> list[int]:
+        i = rng.randrange(0, tokens.size - n)
+        return [int(t) for t in tokens[i : i + n]]
+
+    workloads = {
+        "count n=1..10": ("count", [(ngram(rng.randint(1, 10)),) for _ in range(queries)]),
+        "prob n=5": ("prob", [(q[:-1], q[-1]) for q in (ngram(5) for _ in range(queries))]),
+        "ntd n=5": ("ntd", [(ngram(4),) for _ in range(queries)]),
+        "infgram_prob 100-token prompt": ("infgram_prob", [(q[:-1], q[-1]) for q in (ngram(101) for _ in range(queries))]),
+    }
+    print(f"{'query':>32} {'curate p50':>11} {'p95':>8} {'infini-gram p50':>16} {'p95':>8} {'p50 ratio':>10} {'p95 ratio':>10}")
+    for name, (method, calls) in workloads.items():
+        for engine in (ours, ref):  # warm-up: JIT, page cache
+            for call in calls[:50]:
+                getattr(engine, method)(*call)
+        ours_ms = latencies(getattr(ours, method), calls)
+        ref_ms = latencies(getattr(ref, method), calls)
+        for call in calls[:100]:
+            assert getattr(ours, method)(*call) == getattr(ref, method)(*call), (method, call)
+        p50, p95 = np.percentile(ours_ms, [50, 95])
+        r50, r95 = np.percentile(ref_ms, [50, 95])
+        print(f"{name:>32} {p50:>11.4f} {p95:>8.4f} {r50:>16.4f} {r95:>8.4f} {p50 / r50:>10.2f} {p95 / r95:>10.2f}")
+
+    batch = [ngram(rng.randint(1, 10)) for _ in range(20 * queries)]
+    t0 = time.perf_counter()
+    ours_counts = ours.count_batch(batch)
+    ours_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref_counts = [ref.count(q) for q in batch]
+    ref_s = time.perf_counter() - t0
+    assert ours_counts == ref_counts
+    print(f"\nbatched count, {len(batch):,} queries: curate count_batch {len(batch) / ours_s:,.0f} q/s, infini-gram loop {len(batch) / ref_s:,.0f} q/s, ratio {ref_s / ours_s:.2f}x")
+
+
+def latencies(method, calls) -> np.ndarray:
+    out = np.empty(len(calls))
+    for i, call in enumerate(calls):
+        t0 = time.perf_counter()
+        method(*call)
+        out[i] = (time.perf_counter() - t0) * 1000
+    return out
+
+
+if __name__ == "__main__":
+    main()
