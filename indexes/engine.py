@@ -354,22 +354,22 @@ def _join_within_window(lo: np.ndarray, hi: np.ndarray, ptrs: np.ndarray, window
     """Extend each range [lo, hi] to the nearest match of the next clause on either side, keeping
     extensions that stay within `window` bytes; a range with both sides in reach becomes one range,
     otherwise each side in reach gives its own (infini-gram's AND step)."""
+    if ptrs.size == 0:
+        return lo[:0], hi[:0]
     before = np.searchsorted(ptrs, hi, side="left") - 1  # last match < hi
     after = np.searchsorted(ptrs, lo, side="left")  # first match >= lo
     has_before, has_after = before >= 0, after < ptrs.size
-    new_lo = np.where(has_before, np.minimum(lo, ptrs[np.clip(before, 0, None)] if ptrs.size else lo), lo)
-    new_hi = np.where(has_after, np.maximum(hi, ptrs[np.clip(after, 0, ptrs.size - 1)] if ptrs.size else hi), hi)
+    new_lo = np.where(has_before, np.minimum(lo, ptrs[np.maximum(before, 0)]), lo)
+    new_hi = np.where(has_after, np.maximum(hi, ptrs[np.minimum(after, ptrs.size - 1)]), hi)
     left_ok = has_before & (new_lo + window >= lo)
     right_ok = has_after & (new_hi <= hi + window)
     both = left_ok & right_ok
-    first_lo = new_lo
-    first_hi = np.where(both, new_hi, hi)
-    first_ok = left_ok  # both, or the left side alone
-    second_ok = right_ok & ~both
-    out_lo = np.stack([first_lo, lo], axis=1)
-    out_hi = np.stack([first_hi, new_hi], axis=1)
-    mask = np.stack([first_ok, second_ok], axis=1)
-    return out_lo[mask], out_hi[mask]
+    # Up to two ranges each, in this order: [new_lo, new_hi] if both sides are in reach, else
+    # [new_lo, hi] if the left one is, and [lo, new_hi] if the right one is.
+    out_lo = np.stack([new_lo, lo], axis=1)
+    out_hi = np.stack([np.where(both, new_hi, hi), new_hi], axis=1)
+    keep = np.stack([left_ok, right_ok & ~both], axis=1)
+    return out_lo[keep], out_hi[keep]
 
 
 def _is_int(value) -> bool:
