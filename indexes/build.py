@@ -147,26 +147,30 @@ def write_index(
     sort_task = ray.remote(num_cpus=1)(build_suffix_array)
     t0 = time.perf_counter()
     pending, writers = [], []
-    writer = None
-    for ids, metadata in documents:
-        if writer is None:
-            writer = ShardWriter(work, len(writers), width)
-        writer.add(ids, metadata)
-        if writer.tokens >= shard_tokens:
-            writer.close()
-            writers.append(writer)
-            pending.append(sort_task.remote(str(work), writer.s, width))
-            log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
-            writer = None
-    if writer is not None:
+
+    def close(writer: ShardWriter) -> None:
         writer.close()
         writers.append(writer)
         pending.append(sort_task.remote(str(work), writer.s, width))
         log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
-    if not writers:
-        shutil.rmtree(work)
-        raise ValueError("no documents to index")
-    ray.get(pending)
+
+    try:
+        writer = None
+        for ids, metadata in documents:
+            if writer is None:
+                writer = ShardWriter(work, len(writers), width)
+            writer.add(ids, metadata)
+            if writer.tokens >= shard_tokens:
+                close(writer)
+                writer = None
+        if writer is not None:
+            close(writer)
+        if not writers:
+            raise ValueError("no documents to index")
+        ray.get(pending)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
     card = {
         "format": "infini-gram v4",
