@@ -59,6 +59,25 @@ def dedup_table(index_dir: str | Path, min_tokens: int = DEFAULT_MIN_TOKENS) -> 
     )
 
 
+def dedup_documents(documents: pa.Table, index_dir: str | Path, min_tokens: int = DEFAULT_MIN_TOKENS) -> pa.Table:
+    """The documents (rows with `id` and `text`, e.g. a run's kept shard) with repeated spans cut
+    from `text` and their count in a new `dedup_removed_tokens` column. The index must have been
+    built from these documents (ids are matched through its metadata)."""
+    engine = Engine(index_dir)
+    if engine.tokenizer is None:
+        raise ValueError(f"{index_dir} has no tokenizer; dedup of text needs the one the index was built with")
+    by_id = {row["id"]: row for row in repeated_spans(engine, min_tokens)}
+    texts, removed = [], []
+    for doc_id, text in zip(documents.column("id").to_pylist(), documents.column("text").to_pylist()):
+        row = by_id.get(doc_id)
+        if row is None:
+            raise ValueError(f"document {doc_id!r} is not in the index {index_dir}")
+        texts.append(remove_spans(text, engine.tokenizer, row["removed_spans"]))
+        removed.append(row["removed_tokens"])
+    documents = documents.set_column(documents.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string()))
+    return documents.append_column("dedup_removed_tokens", pa.array(removed, pa.int64()))
+
+
 def remove_spans(text: str, tokenizer, spans: list[list[int]]) -> str:
     """The text without the given token spans (offsets from re-encoding it with the index's
     tokenizer, which is deterministic, so they line up with the indexed tokens)."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from indexes.build import build_index, write_index
 from indexes.contamination import contamination_report, longest_matches
-from indexes.dedup import dedup_table, remove_spans, repeated_spans
+from indexes.dedup import dedup_documents, dedup_table, remove_spans, repeated_spans
 from indexes.engine import Engine
 from indexes.perplexity import fit_lambdas, infgram_token_probs, interpolated_perplexity
 from tests.index_support import official_engine, real_texts, small_tokenizer
@@ -65,6 +66,11 @@ def test_dedup_removes_a_repeated_paragraph_from_later_documents(tmp_path):
     cleaned = remove_spans(texts[3], Engine(tmp_path / "ix").tokenizer, table[3]["removed_spans"])
     assert paragraph[100:500] not in cleaned and texts[3][:150] in cleaned
     assert len(texts[3]) - len(cleaned) < len(paragraph) + 20
+    shard = pa.table({"id": [f"t{i}" for i in range(len(texts))], "text": pa.array(texts, pa.large_string()), "score": list(range(len(texts)))})
+    deduped = dedup_documents(shard, tmp_path / "ix", min_tokens=50)
+    assert deduped.column("text").to_pylist()[3] == cleaned and deduped.column("text").to_pylist()[0] == texts[0]
+    assert deduped.column("dedup_removed_tokens").to_pylist() == [row["removed_tokens"] for row in table]
+    assert deduped.column("score").to_pylist() == list(range(len(texts)))
 
 
 @pytest.fixture(scope="module")
