@@ -8,7 +8,9 @@ documents of 200-2,000 tokens, so 10M and 100M tokens are real text, repeated an
 
 Build: wall time and peak RSS of a fresh process that writes table.0 from tokenized.0 — curate's
 `build_suffix_array` (pydivsufsort, one core) against `python -m infini_gram.indexing`
-(rust_indexing make-part/merge/concat, all cores). Queries: p50/p95 latency of count, prob, ntd and
+(rust_indexing make-part/merge/concat, all cores). A last row builds the largest size as two
+shards: curate sorts them at once (one thread each, as its Ray tasks do, Ray start-up excluded),
+infini-gram one after the other with all cores each. Queries: p50/p95 latency of count, prob, ntd and
 infgram_prob through each engine's Python API on the same index (infini-gram with prefetching
 off), and batched count throughput against the engine's one-query loop. Ratios are
 baseline / curate for speed (above 1 = curate faster) and curate / baseline for latency.
@@ -44,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6,1e7,1e8", help="shard sizes in tokens, comma-separated")
     parser.add_argument("--queries", type=int, default=1000, help="queries per type for latency")
+    parser.add_argument("--parallel-shards", type=int, default=2, help="also build the largest size as this many shards, sorted at once (0: skip)")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -53,20 +56,24 @@ def main() -> None:
     tokenizer_path, pool = tokenized_pool(work)
     print(f"corpus pool: {pool.size:,} real tokens; machine: {os.cpu_count()} cores\n")
     print(f"{'tokens':>12} {'curate s':>9} {'infini-gram s':>14} {'speedup':>8} {'curate tok/s':>13} {'curate RSS MB':>14} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17}")
-    for n in sizes:
-        ours_dir, ref_dir = work / f"ours-{n}", work / f"ref-{n}"
-        write_shard(pool, n, ours_dir, tokenizer_path)
+    rows = [(n, 1) for n in sizes] + ([(max(sizes), args.parallel_shards)] if args.parallel_shards > 1 else [])
+    for n, shards in rows:
+        ours_dir, ref_dir = work / f"ours-{n}-{shards}", work / f"ref-{n}-{shards}"
+        write_shards(pool, n, ours_dir, tokenizer_path, shards)
         shutil.rmtree(ref_dir, ignore_errors=True)
         shutil.copytree(ours_dir, ref_dir, ignore=shutil.ignore_patterns("table.*"))
-        ours = timed([sys.executable, "-c", f"from indexes.suffix_array import build_suffix_array; build_suffix_array({str(ours_dir)!r}, 0, 2)"])
-        ref = timed([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", "1", "--ulimit", "4096"])
-        files = sum(f.stat().st_size for f in ours_dir.glob("*.0"))
-        identical = (ours_dir / "table.0").read_bytes() == (ref_dir / "table.0").read_bytes()
-        print(f"{n:>12,} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17}")
-        if n != max(sizes):
-            shutil.rmtree(ref_dir)
+        sort_all = f"from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(ours_dir)!r}, s, 2), range({shards})))"
+        ours = timed([sys.executable, "-c", sort_all])
+        ref = timed([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", str(shards), "--ulimit", "4096"])
+        files = sum(f.stat().st_size for f in ours_dir.glob("*.[0-9]*"))
+        identical = all((ours_dir / f"table.{s}").read_bytes() == (ref_dir / f"table.{s}").read_bytes() for s in range(shards))
+        label = f"{n:,}" if shards == 1 else f"{shards}x{n // shards:,}"
+        print(f"{label:>12} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17}")
+        shutil.rmtree(ref_dir)
+        if (n, shards) != (max(sizes), 1):
+            shutil.rmtree(ours_dir)
 
-    largest = work / f"ours-{max(sizes)}"
+    largest = work / f"ours-{max(sizes)}-1"
     print(f"\nquery latency on the {max(sizes):,}-token index ({args.queries} queries per type, ms)")
     query_benchmark(largest, args.queries)
     if not args.workdir:
@@ -84,21 +91,25 @@ def tokenized_pool(work: Path) -> tuple[Path, np.ndarray]:
     return tokenizer_path, np.concatenate(ids)
 
 
-def write_shard(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path) -> None:
-    """tokenized.0/offset.0 of about n tokens (separators included) plus a card, no table yet."""
+def write_shards(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path, shards: int) -> None:
+    """tokenized.{s}/offset.{s} of about n/shards tokens each (separators included) plus a card,
+    no tables yet."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     rng = np.random.default_rng(n)
-    writer = ShardWriter(out_dir, 0, 2)
     chunks = pool.size // CHUNK
-    while writer.tokens < n:
-        picks = rng.integers(0, chunks, size=int(rng.integers(3, 32))) * CHUNK
-        writer.add(np.concatenate([pool[p : p + CHUNK] for p in picks]))
-    writer.close()
-    for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
-        (out_dir / f"{kind}.0").unlink()
+    tokens = docs = 0
+    for s in range(shards):
+        writer = ShardWriter(out_dir, s, 2)
+        while writer.tokens < n // shards:
+            picks = rng.integers(0, chunks, size=int(rng.integers(3, 32))) * CHUNK
+            writer.add(np.concatenate([pool[p : p + CHUNK] for p in picks]))
+        writer.close()
+        tokens, docs = tokens + writer.tokens, docs + writer.docs
+        for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
+            (out_dir / f"{kind}.{s}").unlink()
     tokenizer = load_tokenizer(tokenizer_path)
-    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": find_eos_token_id(tokenizer), "shards": 1, "tokens": writer.tokens, "documents": writer.docs, "tokenizer": None}
+    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": find_eos_token_id(tokenizer), "shards": shards, "tokens": tokens, "documents": docs, "tokenizer": None}
     (out_dir / CARD_NAME).write_text(json.dumps(card))
 
 
