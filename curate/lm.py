@@ -78,11 +78,15 @@ class LanguageModel:
         self.card = json.loads(card_path.read_text())
         self.sp = spm.SentencePieceProcessor(model_file=str(self.dir / SP_MODEL))
         self.kenlm = kenlm.Model(str(self.dir / KENLM_BINARY))
+        self._empty_line = self.kenlm.score("", bos=True, eos=True)
 
     def score(self, text: str) -> tuple[float, int]:
         """(sum of log10 probabilities, number of tokens including one </s> per line)."""
         lines = [normalize(line) for line in text.split("\n")]
-        return score_piece_lines(self.kenlm, self.sp.encode(lines, out_type=str))
+        nonempty = [line for line in lines if line]
+        log10_sum, tokens = score_piece_lines(self.kenlm, self.sp.encode(nonempty, out_type=str))
+        empty = len(lines) - len(nonempty)  # an empty line always scores P(</s> | <s>): no need to ask
+        return log10_sum + empty * self._empty_line, tokens + empty
 
     def score_many(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         scores = [self.score(t) for t in texts]

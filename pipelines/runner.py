@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +58,13 @@ def run_job(job: Job, out: str | Path | None = None, address: str | None = None,
     pending = [s for s in shards if not _shard_file(work, s.shard).is_file()]
     log(f"{len(shards)} shards from {len(files)} files; {len(shards) - len(pending)} already done, {len(pending)} to process")
     if pending:
+        t0 = time.time()
         score_shards(pending, stages, job, work, address, log)
+        log(f"read and scored {len(pending)} shards in {time.time() - t0:.1f} s")
 
+    t0 = time.time()
     result = split_outputs(shards, stages, work, out_dir, log)
+    log(f"fitted thresholds and split outputs in {time.time() - t0:.1f} s")
     manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
     report.write(out_dir, manifest, result, stages, job.report_samples)
     log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
@@ -111,17 +114,30 @@ def _shard_file(work: Path, shard: int) -> Path:
 # ---------------------------------------------------------------- phase 1: read and score on Ray
 
 
-def _read_block(batch: pa.Table, max_doc_bytes: int) -> pa.Table:
-    """Ray task: shard specs in, validated rows out."""
-    tables = []
-    for row in batch.to_pylist():
+def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
+    """A Ray Data source with one read task per shard, so shards spread over the workers."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    def read(spec: ShardSpec) -> list[pa.Table]:
         t0 = time.perf_counter()
-        table = read_shard(ShardSpec(**row), max_doc_bytes)
+        table = read_shard(spec, max_doc_bytes)
         n = len(table)
-        table = table.append_column("_shard", pa.array([row["shard"]] * n, pa.int64()))
+        table = table.append_column("_shard", pa.array([spec.shard] * n, pa.int64()))
         table = table.append_column("_shard_rows", pa.array([n] * n, pa.int64()))
-        tables.append(table.append_column("_seconds_read", pa.array(np.full(n, (time.perf_counter() - t0) / n))))
-    return pa.concat_tables(tables)
+        return [table.append_column("_seconds_read", pa.array(np.full(n, (time.perf_counter() - t0) / n)))]
+
+    class ShardDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+            return [
+                ReadTask(lambda spec=spec: read(spec), BlockMetadata(num_rows=spec.stop - spec.start, size_bytes=None, exec_stats=None, input_files=(spec.path,)))
+                for spec in pending
+            ]
+
+    return ShardDatasource()
 
 
 class StageActor:
@@ -150,16 +166,18 @@ def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: 
 
     _init_ray(address)
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(_read_block, batch_size=1, batch_format="pyarrow", fn_kwargs={"max_doc_bytes": job.max_doc_bytes})
+    # Ray's CPU shares are logical: reads and every stage's actors run side by side and share
+    # the cores, so each asks for a fraction and none can starve the others of a slot.
+    share = 1 / (len(stages) + 1)
+    ds = ray.data.read_datasource(_shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share)
     for stage in stages:
         ds = ds.map_batches(
             StageActor,
             fn_constructor_kwargs={"stage": stage},
             batch_size=job.batch_docs,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=share,
         )
     sink = _ShardSink(work, len(pending), log)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -176,7 +194,7 @@ def _init_ray(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level="WARNING")
     else:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
 
 
 class _ShardSink:

@@ -1,0 +1,66 @@
+"""The demo job submitted with `ray job submit` to a `ray start --head` cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A one-node Ray cluster of its own (own ports, own temp dir), torn down with its process group."""
+    gcs, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"ray-cluster-{os.getpid()}"
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
+            assert head.poll() is None, head.stdout.read()
+            assert time.time() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_demo_job_through_ray_job_submit(cluster, tmp_path):
+    address, env = cluster
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+         "curate", "run", "jobs/demo.yaml", "--out", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "succeeded" in log, log
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"] == manifest["kept"] + sum(manifest["rejected"].values()) + manifest["quarantined"] > 1000
+    assert (out / "report.html").is_file()
