@@ -6,17 +6,26 @@ threshold can depend on the whole run (CCNet's percentile buckets):
 - `fit(scores)` runs once on the driver over the scores of the documents that reach the stage
   and returns the run-wide parameters (cut-offs, thresholds), recorded in the manifest;
 - `decide(df, params)` adds derived columns and a `_reason` column: why the document is
-  rejected, null to keep it.
+  rejected, null to keep it;
+- `synthesize(kept)` may return new documents made from the kept ones (WRAP rephrases).
+
+`plan()` puts the scoring into the Ray Data plan; the default is an actor pool running `score`.
+A stage whose work is not per-batch scoring (an LLM processor from ray.data.llm) overrides it,
+keeping one output row per input row, every input column, and quarantined rows (`error` set)
+untouched.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import calibrate
 from curate.lm import CARD, LanguageModel
@@ -37,6 +46,43 @@ class Stage:
 
     def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
         raise NotImplementedError
+
+    def synthesize(self, kept: pl.DataFrame) -> pl.DataFrame | None:
+        return None
+
+    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+        """Append this stage to a Ray Data plan (`ds` is a ray.data.Dataset)."""
+        import ray
+
+        return ds.map_batches(
+            StageActor,
+            fn_constructor_kwargs={"stage": self},
+            batch_size=batch_docs,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpu_share,
+        )
+
+
+class StageActor:
+    """Ray actor: holds one stage with its models loaded, scores the valid rows of each batch."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        valid = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        texts = batch["text"].take(pa.array(rows)).to_pylist()
+        scores = self.stage.score(texts) if texts else {c: np.empty(0) for c in self.stage.score_columns}
+        for name, values in scores.items():
+            full = np.zeros(len(batch), dtype=np.asarray(values).dtype)
+            full[rows] = values
+            batch = batch.append_column(name, pa.array(full, mask=~valid))
+        seconds = (time.perf_counter() - t0) / max(len(batch), 1)
+        return batch.append_column(f"_seconds_{self.stage.name}", pa.array(np.full(len(batch), seconds)))
 
 
 def _card(model_dir: str) -> dict:

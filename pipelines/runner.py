@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate import harmful, lm
 from curate.documents import ShardSpec, expand_inputs, plan_shards, read_shard, sha256_file, write_parquet
@@ -140,27 +139,6 @@ def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
     return ShardDatasource()
 
 
-class StageActor:
-    """Ray actor: holds one stage with its models loaded, scores the valid rows of each batch."""
-
-    def __init__(self, stage: Stage):
-        self.stage = stage
-        stage.setup()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        t0 = time.perf_counter()
-        valid = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(valid)
-        texts = batch["text"].take(pa.array(rows)).to_pylist()
-        scores = self.stage.score(texts) if texts else {c: np.empty(0) for c in self.stage.score_columns}
-        for name, values in scores.items():
-            full = np.zeros(len(batch), dtype=np.asarray(values).dtype)
-            full[rows] = values
-            batch = batch.append_column(name, pa.array(full, mask=~valid))
-        seconds = (time.perf_counter() - t0) / max(len(batch), 1)
-        return batch.append_column(f"_seconds_{self.stage.name}", pa.array(np.full(len(batch), seconds)))
-
-
 def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: Path, address: str | None, log) -> None:
     import ray
 
@@ -171,14 +149,7 @@ def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: 
     share = 1 / (len(stages) + 1)
     ds = ray.data.read_datasource(_shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share)
     for stage in stages:
-        ds = ds.map_batches(
-            StageActor,
-            fn_constructor_kwargs={"stage": stage},
-            batch_size=job.batch_docs,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=share,
-        )
+        ds = stage.plan(ds, workers=workers, batch_docs=job.batch_docs, cpu_share=share)
     sink = _ShardSink(work, len(pending), log)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
