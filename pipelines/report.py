@@ -21,6 +21,13 @@ import polars as pl  # noqa: E402
 SNIPPET_CHARS = 400
 
 
+def without_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """What the manifest and report keep of an output part: a snippet instead of the text."""
+    if "text" in frame.columns:
+        return frame.with_columns(snippet=pl.col("text").str.slice(0, SNIPPET_CHARS)).drop("text")
+    return frame.with_columns(snippet=pl.col("raw").str.slice(0, SNIPPET_CHARS))
+
+
 def write(out_dir: Path, manifest: dict, result: dict, stages, samples: int) -> dict:
     frames = result["frames"]
     scores: pl.DataFrame = result["scores"]
@@ -32,6 +39,7 @@ def write(out_dir: Path, manifest: dict, result: dict, stages, samples: int) -> 
         "seconds": manifest["seconds"],
         "histograms": _histograms(scores, manifest["stages"]),
         "samples": _samples(frames, manifest["stages"], samples),
+        "index": manifest.get("index"),
     }
     _atomic_write(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
     _atomic_write(out_dir / "report.html", _html(data))
@@ -124,6 +132,13 @@ def _html(data: dict) -> str:
     stages = _table([[s["stage"], json.dumps({k: v for k, v in s.items() if k != "stage"})] for s in data["stages"]], ["stage", "parameters"])
     seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])
     plots = "".join(f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>" for col, h in data["histograms"].items())
+    index = ""
+    if data["index"]:
+        card, dedup = data["index"]["card"], data["index"].get("dedup")
+        rows = [["index", data["index"]["dir"]], ["tokens", f"{card['tokens']:,}"], ["documents", f"{card['documents']:,}"], ["shards", card["shards"]], ["build seconds", card["build_seconds"]]]
+        if dedup:
+            rows += [[f"dedup: {k.replace('_', ' ')}", v] for k, v in dedup.items()]
+        index = "<h2>Index</h2>" + _table(rows, ["", ""])
     samples = ""
     for group, docs in data["samples"].items():
         if not docs:
@@ -142,5 +157,5 @@ def _html(data: dict) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>curate report: {html.escape(data['job'])}</title>"
         f"<style>{style}</style></head><body><h1>curate report: {html.escape(data['job'])}</h1>"
         f"<h2>Documents</h2>{counts}<h2>Stages</h2>{stages}<h2>Scores</h2>{plots}"
-        f"<h2>Time</h2>{seconds}<h2>Samples</h2>{samples}</body></html>\n"
+        f"{index}<h2>Time</h2>{seconds}<h2>Samples</h2>{samples}</body></html>\n"
     )

@@ -28,6 +28,7 @@ from curate import harmful, lm
 from curate.documents import ShardSpec, expand_inputs, plan_shards, read_shard, sha256_file, write_parquet
 from curate.stages import Stage, build_stage
 from pipelines import report
+from pipelines.indexing import DEDUP, index_outputs
 from pipelines.spec import Job, SpecError
 
 QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
@@ -64,6 +65,8 @@ def run_job(job: Job, out: str | Path | None = None, address: str | None = None,
     t0 = time.time()
     result = split_outputs(shards, stages, work, out_dir, log)
     log(f"fitted thresholds and split outputs in {time.time() - t0:.1f} s")
+    if job.index:
+        result["index"] = index_outputs(job.index, out_dir, result, log)
     manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
     report.write(out_dir, manifest, result, stages, job.report_samples)
     log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
@@ -238,16 +241,9 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
                 rel = f"{sub}/part-{spec.shard:05d}.parquet"
                 sha = write_parquet(frame.to_arrow(), out_dir / rel)
                 outputs[rel] = {"rows": len(frame), "sha256": sha}
-                frames[sub].append(_without_text(frame))
+                frames[sub].append(report.without_text(frame))
     log(f"wrote {len(outputs)} output files to {out_dir}")
     return {"outputs": outputs, "params": params, "seconds": dict(seconds), "frames": {k: _concat(v) for k, v in frames.items()}, "scores": scores}
-
-
-def _without_text(frame: pl.DataFrame) -> pl.DataFrame:
-    """What the manifest and report need of a part, with a snippet instead of the whole text."""
-    if "text" in frame.columns:
-        return frame.with_columns(snippet=pl.col("text").str.slice(0, report.SNIPPET_CHARS)).drop("text")
-    return frame.with_columns(snippet=pl.col("raw").str.slice(0, report.SNIPPET_CHARS))
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -271,7 +267,7 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
     frames = result["frames"]
     scores: pl.DataFrame = result["scores"]
     total_input = sum(s.stop - s.start for s in shards)
-    stage_names = [e.kind for e in job.stages]
+    stage_names = [e.kind for e in job.stages] + ([DEDUP] if job.index and job.index.dedup_min_tokens else [])
 
     def counts(source: str | None) -> dict:
         def n(frame: pl.DataFrame) -> int:
@@ -291,6 +287,7 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
         "inputs": [{"path": str(p), "source": s, "sha256": sha256_file(p)} for p, s in files],
         "shards": result["outputs"],
         "stages": [{"stage": name, **p} for name, p in zip(stage_names, result["params"])],
+        "index": result.get("index"),
         "seconds": {"total": round(seconds, 2), **{k: round(v, 2) for k, v in result["seconds"].items()}},
     }
     for scope, c in [("run", manifest)] + list(manifest["sources"].items()):

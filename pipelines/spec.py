@@ -89,6 +89,13 @@ class StageEntry(Strict):
         return self.perplexity or self.harmful  # type: ignore[return-value]
 
 
+class IndexSpec(Strict):
+    tokenizer: str | None = Field(None, description="a tokenizer.json; default: train a byte-level BPE on the kept documents")
+    vocab: int = Field(32000, ge=257)
+    shard_tokens: int = Field(500_000_000, ge=1)
+    dedup_min_tokens: int | None = Field(None, ge=1, description="exact-substring dedup: cut repeated spans of at least this many tokens")
+
+
 class Job(Strict):
     name: str
     inputs: list[Input] = Field(min_length=1)
@@ -96,6 +103,7 @@ class Job(Strict):
     models_dir: str = "out/models"
     models: dict[str, ModelTraining] = Field(default_factory=dict)
     stages: list[StageEntry] = Field(default_factory=list)
+    index: IndexSpec | None = Field(None, description="build an infini-gram index of the kept documents (the last step)")
     shard_docs: int = Field(1000, ge=1, description="documents per shard: the unit of work and of resume")
     batch_docs: int = Field(256, ge=1)
     max_doc_bytes: int = Field(1_000_000, ge=1)
