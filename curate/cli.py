@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from curate.documents import InputError, read_texts
+from curate.llm import cli as llm_cli
 from curate.lm import ModelError
 
 
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     from indexes.cli import add_commands
 
     add_commands(sub)
+    llm_cli.add_commands(sub)
     return p
 
 

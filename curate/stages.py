@@ -17,6 +17,7 @@ untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -49,6 +50,10 @@ class Stage:
 
     def synthesize(self, kept: pl.DataFrame) -> pl.DataFrame | None:
         return None
+
+    def serving(self) -> contextlib.AbstractContextManager:
+        """What must run while the plan runs (the local LLM server); the runner enters it."""
+        return contextlib.nullcontext()
 
     def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
         """Append this stage to a Ray Data plan (`ds` is a ray.data.Dataset)."""
@@ -206,4 +211,8 @@ def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[
 
 
 def build_stage(kind: str, config: dict[str, Any]) -> Stage:
+    if kind in ("rephrase", "rate", "select"):
+        from curate.llm import stages as llm  # imports this module: load it only when asked
+
+        return {"rephrase": llm.RephraseStage, "rate": llm.RateStage, "select": llm.SelectStage}[kind](**config)
     return {"perplexity": PerplexityStage, "harmful": HarmfulStage}[kind](**config)

@@ -56,6 +56,8 @@ def _histograms(scores: pl.DataFrame, stages: list[dict]) -> dict:
     """log10-perplexity histograms (with the thresholds on the same axis) per scored column."""
     out = {}
     for stage in stages:
+        if stage["stage"] not in ("perplexity", "harmful"):
+            continue
         if stage["stage"] == "perplexity":
             col, lines = "ppl", {f"{k} cut-off": v for k, v in stage["cutoffs"].items()}
             if stage.get("max_ppl"):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,7 +60,10 @@ def run_job(job: Job, out: str | Path | None = None, address: str | None = None,
     log(f"{len(shards)} shards from {len(files)} files; {len(shards) - len(pending)} already done, {len(pending)} to process")
     if pending:
         t0 = time.time()
-        score_shards(pending, stages, job, work, address, log)
+        with contextlib.ExitStack() as serving:  # what stages need while the plan runs (LLM servers)
+            for stage in stages:
+                serving.enter_context(stage.serving())
+            score_shards(pending, stages, job, work, address, log)
         log(f"read and scored {len(pending)} shards in {time.time() - t0:.1f} s")
 
     t0 = time.time()
@@ -218,7 +222,7 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
     for sub in ("kept", "rejected", "quarantine"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     outputs: dict[str, dict] = {}
-    frames: dict[str, list[pl.DataFrame]] = {"kept": [], "rejected": [], "quarantine": []}
+    frames: dict[str, list[pl.DataFrame]] = {"kept": [], "rejected": [], "quarantine": [], "synthetic": []}
     seconds: dict[str, float] = defaultdict(float)
     for spec, path in zip(shards, files):
         df = pl.read_parquet(path)
@@ -236,6 +240,11 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
             "rejected": docs.filter(pl.col("reject_stage").is_not_null()),
             "quarantine": quarantined,
         }
+        # new documents made from the kept ones (WRAP rephrases) are kept beside them
+        synthetic = _concat([s for s in (stage.synthesize(parts["kept"]) for stage in stages) if s is not None])
+        if len(synthetic):
+            frames["synthetic"].append(report.without_text(synthetic))
+            parts["kept"] = pl.concat([parts["kept"], synthetic], how="diagonal_relaxed")
         for sub, frame in parts.items():
             if len(frame):
                 rel = f"{sub}/part-{spec.shard:05d}.parquet"
@@ -277,7 +286,8 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
 
         rejected = frames["rejected"]
         by_stage = {name: n(rejected.filter(pl.col("reject_stage") == name)) if len(rejected) else 0 for name in stage_names}
-        return {"input": n(scores), "kept": n(frames["kept"]), "rejected": by_stage, "quarantined": n(frames["quarantine"])}
+        synthetic = n(frames["synthetic"])  # inside kept/, but made here, not input
+        return {"input": n(scores), "kept": n(frames["kept"]) - synthetic, "synthetic": synthetic, "rejected": by_stage, "quarantined": n(frames["quarantine"])}
 
     manifest = {
         "job": job.name,

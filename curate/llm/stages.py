@@ -1,0 +1,294 @@
+"""The LLM stages of a job: `rephrase` (WRAP), `rate` (DataMan) and `select` (DataMan's sampling).
+
+`rephrase` and `rate` put their generation into the Ray plan through `plan()` (see
+`curate.llm.engine`); `serving()` runs the local llama.cpp server around the job when the backend
+is `local`. Neither filters: `rephrase` adds `wrap_<style>` columns and, through `synthesize()`,
+new documents; `rate` adds the `dataman_*` columns that `select` chooses by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.llm import dataman, selection, wrap
+from curate.llm.chunking import chunk_text, head_and_tail
+from curate.llm.config import Engine, RateConfig, RephraseConfig, SelectConfig
+from curate.llm.engine import ANSWER, ERROR, PROMPT, TOKENS, generation_pass
+from curate.llm.prompts import CRITERIA, DATAMAN_SYSTEM, dataman_prompt, wrap_prompt
+from curate.llm.server import GEMMA_NAME, LocalServer, gemma_path
+from curate.llm.tokens import load_tokenizer
+from curate.stages import Stage
+
+GENERATION_COLUMNS = [PROMPT, ANSWER, ERROR, TOKENS]
+
+
+class LLMStage(Stage):
+    """A stage whose work is generation: knows its endpoint, model name and tokenizer."""
+
+    config: Engine
+
+    def __init__(self) -> None:
+        self.url = self.config.url
+        self.model = self.config.llm or ""
+        self.tokenizer = self.config.tokenizer or self.config.llm
+        if self.config.backend == "local":
+            self.model = GEMMA_NAME if self.config.llm is None else self.config.llm
+            self.tokenizer = self.config.tokenizer or self.config.llm or gemma_path()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Run the local server for the duration of the job (stopped on failure too)."""
+        if self.config.backend != "local":
+            yield
+            return
+        with LocalServer(self.config.llm, n_ctx=self.config.n_ctx, threads=self.config.threads) as server:
+            self.url, self.model = server.url, server.name
+            yield
+
+    def generate(self, ds, sampling: dict[str, Any], system: str | None, cpu_share: float):
+        if self.config.backend in ("local", "openai") and not self.url:
+            raise RuntimeError(f"stage {self.name}: no endpoint; run the plan inside `with stage.serving():`")
+        return generation_pass(ds, self.config, self.url, self.model, sampling, system, cpu_share)
+
+
+# ---------------------------------------------------------------- rephrase (WRAP)
+
+
+class RephraseStage(LLMStage):
+    """WRAP: every valid document is cut into ~300-token chunks at sentence boundaries, each
+    chunk rephrased in each style, the cleaned rephrases joined in order into `wrap_<style>`.
+    A style whose chunk failed or was discarded leaves `wrap_<style>` null and says why in
+    `wrap_error`."""
+
+    name = "rephrase"
+
+    def __init__(self, **config: Any):
+        self.config = RephraseConfig(**config)
+        super().__init__()
+        self.styles = list(self.config.styles)
+        self.style_columns = [f"wrap_{s}" for s in self.styles]
+        self.score_columns = ("wrap_error", "wrap_tokens")
+
+    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+        explode = functools.partial(_chunk_requests, styles=self.styles, template=self.config.template, tokenizer=self.tokenizer, chunk_tokens=self.config.chunk_tokens)
+        ds = ds.map_batches(explode, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
+        ds = self.generate(ds, self.config.sampling.model_dump(), None, cpu_share)
+        assemble = functools.partial(_assemble_document, styles=self.styles)
+        return ds.groupby("_wrap_doc").map_groups(assemble, batch_format="pyarrow", num_cpus=cpu_share)
+
+    def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
+        failed = int(scores["wrap_error"].is_not_null().sum()) if len(scores) else 0
+        return {
+            "model": self.model, "backend": self.config.backend, "styles": self.styles,
+            "chunk_tokens": self.config.chunk_tokens, "sampling": self.config.sampling.model_dump(),
+            "ratio": list(self.config.ratio), "documents": len(scores), "with_failed_style": failed,
+            "generated_tokens": int(scores["wrap_tokens"].sum()) if len(scores) else 0,
+        }  # fmt: skip
+
+    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
+        return df.with_columns(_reason=pl.lit(None, pl.String))
+
+    def synthesize(self, kept: pl.DataFrame) -> pl.DataFrame | None:
+        """The rephrases as new documents, `ratio` real:synthetic: as many as kept * s / r,
+        drawn in a fixed pseudo-random order from the (document, style) rephrases there are."""
+        real, synthetic = self.config.ratio
+        frames = [
+            kept.filter(pl.col(col).is_not_null()).select(
+                pl.format("{}#wrap-{}", pl.col("id"), pl.lit(style)).alias("id"), pl.col(col).alias("text"), "source",
+                pl.col("id").alias("parent_id"), pl.lit(style).alias("wrap_style"), pl.lit(self.model).alias("wrap_model"),
+            )
+            for style, col in zip(self.styles, self.style_columns) if col in kept.columns
+        ]  # fmt: skip
+        if not frames:
+            return None
+        pool = pl.concat(frames)
+        wanted = round(len(kept) * synthetic / real)
+        order = [hashlib.sha256(f"{self.config.sampling.seed}:{i}".encode()).digest() for i in pool["id"].to_list()]
+        return pool.with_columns(_order=pl.Series(order, dtype=pl.Binary)).sort("_order").head(wanted).drop("_order")
+
+
+def _doc_key(batch: pa.Table) -> list[str]:
+    return [f"{s}:{r}" for s, r in zip(batch["_shard"].to_pylist(), batch["input_row"].to_pylist())]
+
+
+def _chunk_requests(batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int) -> pa.Table:
+    """One row per (style, chunk) of each valid document, one request-less row per other row."""
+    tok = load_tokenizer(tokenizer)
+    texts, errors = batch["text"].to_pylist(), batch["error"].to_pylist()
+    take, style_col, chunk_col, count_col, prompts = [], [], [], [], []
+    for i, (text, error) in enumerate(zip(texts, errors)):
+        chunks = chunk_text(text, tok, chunk_tokens) if error is None and text else []
+        if not chunks:
+            take.append(i), style_col.append(None), chunk_col.append(0), count_col.append(0), prompts.append(None)
+        for style in styles if chunks else []:
+            for j, chunk in enumerate(chunks):
+                take.append(i), style_col.append(style), chunk_col.append(j), count_col.append(len(chunks))
+                prompts.append(wrap_prompt(style, chunk, template))
+    out = batch.append_column("_wrap_doc", pa.array(_doc_key(batch), pa.string())).take(pa.array(take, pa.int64()))
+    for name, values, typ in [("_wrap_style", style_col, pa.string()), ("_wrap_chunk", chunk_col, pa.int64()), ("_wrap_chunks", count_col, pa.int64()), (PROMPT, prompts, pa.string())]:
+        out = out.append_column(name, pa.array(values, typ))
+    return out
+
+
+def _assemble_document(group: pa.Table, styles: list[str]) -> pa.Table:
+    """A document's rows back into one: per style, its chunks' cleaned rephrases in order."""
+    rows = group.sort_by([("_wrap_style", "ascending"), ("_wrap_chunk", "ascending")]).to_pylist()
+    done: dict[str, str | None] = {}
+    problems = []
+    for style in styles:
+        parts = [r for r in rows if r["_wrap_style"] == style]
+        if not parts:
+            done[style] = None
+            continue
+        cleaned, why = [], None
+        for r in parts:
+            if r[ERROR] is not None:
+                why = f"chunk {r['_wrap_chunk']}: {r[ERROR]}"
+                break
+            try:
+                cleaned.append(wrap.clean_rephrase(r[ANSWER]))
+            except wrap.Discarded as e:
+                why = f"chunk {r['_wrap_chunk']} discarded: {e}"
+                break
+        if why is None and len(cleaned) != parts[0]["_wrap_chunks"]:
+            why = f"{len(cleaned)} of {parts[0]['_wrap_chunks']} chunks came back"
+        done[style] = None if why else wrap.join_rephrases(cleaned)
+        if why:
+            problems.append(f"{style}: {why}")
+    first = group.slice(0, 1).drop_columns(["_wrap_doc", "_wrap_style", "_wrap_chunk", "_wrap_chunks", *GENERATION_COLUMNS])
+    for style in styles:
+        first = first.append_column(f"wrap_{style}", pa.array([done[style]], pa.large_string()))
+    first = first.append_column("wrap_error", pa.array(["; ".join(problems) or None], pa.string()))
+    return first.append_column("wrap_tokens", pa.array([int(pc.sum(group[TOKENS]).as_py() or 0)], pa.int64()))
+
+
+# ---------------------------------------------------------------- rate (DataMan)
+
+
+DATAMAN_COLUMNS = ("dataman_domain", *(f"dataman_{c}" for c in CRITERIA))
+
+
+class RateStage(LLMStage):
+    """DataMan: each valid document (first and last `keep_tokens` tokens when longer) is rated
+    with the annotation prompt, greedily; an unparseable answer is re-asked `retries` times,
+    then the document stays unrated: null ratings, `dataman_answer` and `dataman_error` say why."""
+
+    name = "rate"
+    score_columns = (*DATAMAN_COLUMNS, "dataman_tokens", "dataman_answer", "dataman_error")
+
+    def __init__(self, **config: Any):
+        self.config = RateConfig(**config)
+        if self.config.backend == "distilled":
+            self.url, self.model = None, f"distilled:{self.config.distilled}"
+            self.tokenizer = self.config.tokenizer or gemma_path()  # counts tokens as the LLM rater did
+        else:
+            super().__init__()
+
+    def sampling(self, attempt: int) -> dict[str, Any]:
+        temperature = 0.0 if attempt == 0 else self.config.retry_temperature
+        out = {"temperature": temperature, "max_tokens": self.config.max_tokens, "seed": self.config.seed + attempt}
+        if self.config.backend == "local" and self.config.constrain:
+            out["grammar"] = dataman.answer_grammar()
+        return out
+
+    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+        if self.config.backend == "distilled":
+            from curate.llm.distill import DistilledActor
+
+            kwargs = {"path": self.config.distilled, "tokenizer": self.tokenizer, "keep": self.config.keep_tokens}
+            return ds.map_batches(DistilledActor, fn_constructor_kwargs=kwargs, batch_size=batch_docs, batch_format="pyarrow", compute=_actors(workers), num_cpus=cpu_share)
+        prepare = functools.partial(_rating_requests, tokenizer=self.tokenizer, keep=self.config.keep_tokens)
+        ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
+        for attempt in range(self.config.retries + 1):
+            ds = self.generate(ds, self.sampling(attempt), DATAMAN_SYSTEM, cpu_share)
+            ds = ds.map_batches(_read_ratings, batch_format="pyarrow", num_cpus=cpu_share)
+        return ds.drop_columns([PROMPT])
+
+    def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
+        rated = scores.filter(pl.col("dataman_overall").is_not_null()) if len(scores) else scores
+        return {
+            "model": self.model, "backend": self.config.backend, "documents": len(scores), "rated": len(rated),
+            "domains": dict(sorted(rated["dataman_domain"].value_counts().iter_rows())) if len(rated) else {},
+            "mean": {c: round(float(rated[f"dataman_{c}"].mean()), 3) for c in CRITERIA} if len(rated) else {},
+        }  # fmt: skip
+
+    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
+        return df.with_columns(_reason=pl.lit(None, pl.String))
+
+
+def _actors(workers: int):
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=workers)
+
+
+def _rating_requests(batch: pa.Table, tokenizer: str, keep: int) -> pa.Table:
+    """The rating prompt of each valid document, its length in tokens, and empty rating columns."""
+    tok = load_tokenizer(tokenizer)
+    prompts, lengths = [], []
+    for text, error in zip(batch["text"].to_pylist(), batch["error"].to_pylist()):
+        if error is not None:
+            prompts.append(None), lengths.append(None)
+            continue
+        cut, length = head_and_tail(text, tok, keep)
+        prompts.append(dataman_prompt(cut)), lengths.append(length)
+    n = len(batch)
+    batch = batch.append_column("dataman_domain", pa.nulls(n, pa.string()))
+    for c in CRITERIA:
+        batch = batch.append_column(f"dataman_{c}", pa.nulls(n, pa.int8()))
+    batch = batch.append_column("dataman_tokens", pa.array(lengths, pa.int64()))
+    batch = batch.append_column("dataman_answer", pa.nulls(n, pa.large_string()))
+    batch = batch.append_column("dataman_error", pa.nulls(n, pa.string()))
+    return batch.append_column(PROMPT, pa.array(prompts, pa.large_string()))
+
+
+def _read_ratings(batch: pa.Table) -> pa.Table:
+    """Parse this pass's answers; a row that parsed asks nothing more, one that did not keeps its
+    prompt for the next pass and records its raw answer and the reason."""
+    cols = {name: batch[name].to_pylist() for name in (*DATAMAN_COLUMNS, "dataman_answer", "dataman_error", PROMPT, ANSWER, ERROR)}
+    for i, prompt in enumerate(cols[PROMPT]):
+        if prompt is None:
+            continue
+        if cols[ERROR][i] is not None:
+            cols["dataman_error"][i] = cols[ERROR][i]
+            continue
+        try:
+            rating = dataman.parse_answer(cols[ANSWER][i])
+        except dataman.AnswerError as e:
+            cols["dataman_answer"][i], cols["dataman_error"][i] = cols[ANSWER][i], f"unparseable answer: {e}"
+            continue
+        cols["dataman_domain"][i] = rating.domain
+        for c in CRITERIA:
+            cols[f"dataman_{c}"][i] = rating.scores[c]
+        cols["dataman_answer"][i] = cols["dataman_error"][i] = cols[PROMPT][i] = None
+    for name, values in cols.items():
+        if name not in (ANSWER, ERROR):
+            batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, batch.schema.field(name).type))
+    return batch.drop_columns([ANSWER, ERROR, TOKENS])
+
+
+# ---------------------------------------------------------------- select (DataMan sampling)
+
+
+class SelectStage(Stage):
+    """Choose documents by their DataMan ratings within a token budget (see `selection`)."""
+
+    name = "select"
+    score_columns: tuple[str, ...] = ()
+
+    def __init__(self, **config: Any):
+        self.config = SelectConfig(**config)
+
+    def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
+        return selection.fit(scores, self.config)
+
+    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
+        return selection.decide(df, self.config, params)
