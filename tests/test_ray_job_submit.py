@@ -37,7 +37,8 @@ def cluster(tmp_path):
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.time() + 120
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
+        # Ready means a job can be submitted: the job agent comes up after the dashboard answers.
+        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True).returncode != 0:
             assert head.poll() is None, head.stdout.read()
             assert time.time() < deadline, "the Ray head did not come up"
             time.sleep(1)
