@@ -34,18 +34,21 @@ from pipelines.spec import Job, SpecError
 
 QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
 INTERNAL = ("_shard", "_shard_rows")
+KENLM_STAGES = ("perplexity", "harmful")
 
 
 def run_job(job: Job, out: str | Path | None = None, address: str | None = None, fresh: bool = False, log=print) -> dict:
     out_dir = Path(out or job.output_dir()).resolve()
     started = time.time()
     model_dirs = prepare_models(job, log)
-    stages = [build_stage(entry.kind, _resolve_models(entry.config.model_dump(), model_dirs)) for entry in job.stages]
+    stages = [build_stage(entry.kind, _resolve_models(entry.kind, entry.config.model_dump(), model_dirs)) for entry in job.stages]
 
     work = out_dir / "work"
     state_file = work / "state.json"
     config_hash = job.config_hash()
     if fresh and out_dir.exists():
+        if any(out_dir.iterdir()) and not state_file.is_file():
+            raise SpecError(f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)")
         shutil.rmtree(out_dir)
     if state_file.is_file():
         previous = json.loads(state_file.read_text())["config_hash"]
@@ -109,7 +112,10 @@ def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
     raise SpecError(f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) nor a model directory")
 
 
-def _resolve_models(config: dict[str, Any], model_dirs: dict[str, str]) -> dict[str, Any]:
+def _resolve_models(kind: str, config: dict[str, Any], model_dirs: dict[str, str]) -> dict[str, Any]:
+    """KenLM stages name their models by job name or path; other stages' settings pass as they are."""
+    if kind not in KENLM_STAGES:
+        return config
     return {k: (_resolve(v, model_dirs) if k in ("model", "reference") and v else v) for k, v in config.items()}
 
 
