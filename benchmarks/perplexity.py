@@ -1,7 +1,7 @@
 """Perplexity stage throughput: `curate run` (Ray, actors, batched) against a plain
 single-process loop that reads the same file and calls kenlm line by line as CCNet does.
 
-    .venv/bin/python benchmarks/perplexity.py [--copies 12]
+    .venv/bin/python benchmarks/perplexity.py [--copies 60]
 
 The corpus is the shipped web sample (OpenWebText + Common Crawl, 1,670 documents) repeated
 `--copies` times with fresh ids; the model is a CCNet-recipe model trained on the shipped
@@ -59,7 +59,7 @@ def ccnet_loop(corpus: Path, model_dir: Path) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=12)
+    parser.add_argument("--copies", type=int, default=60)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
         tmp = Path(tmp_name)
