@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/curate run jobs/demo.yaml
+	.venv/bin/curate run jobs/demo.yaml --fresh
 
 test: setup
 	$(PY) -m pytest -q

@@ -117,10 +117,23 @@ def _plot(hist: dict) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _table(rows: list[list], header: list[str]) -> str:
+def _params(stage: dict) -> str:
+    def show(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, dict):
+            return ", ".join(f"{k} {show(x)}" for k, x in v.items())
+        if isinstance(v, list):
+            return ", ".join(map(show, v))
+        return str(v)
+
+    return "; ".join(f"{k}: {show(v)}" for k, v in stage.items() if k != "stage" and v is not None)
+
+
+def _table(rows: list[list], header: list[str], css: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table class='{css}'><tr>{head}</tr>{body}</table>"
 
 
 def _html(data: dict) -> str:
@@ -131,7 +144,7 @@ def _html(data: dict) -> str:
         return [name, c["input"], c["kept"]] + [c["rejected"].get(s, 0) for s in stage_names] + [c["quarantined"]]
 
     counts = _table([row("all", data["counts"])] + [row(k, v) for k, v in data["sources"].items()], header)
-    stages = _table([[s["stage"], json.dumps({k: v for k, v in s.items() if k != "stage"})] for s in data["stages"]], ["stage", "parameters"])
+    stages = _table([[s["stage"], _params(s)] for s in data["stages"]], ["stage", "parameters"], css="text")
     seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])
     plots = "".join(f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>" for col, h in data["histograms"].items())
     index = ""
@@ -140,7 +153,7 @@ def _html(data: dict) -> str:
         rows = [["index", data["index"]["dir"]], ["tokens", f"{card['tokens']:,}"], ["documents", f"{card['documents']:,}"], ["shards", card["shards"]], ["build seconds", card["build_seconds"]]]
         if dedup:
             rows += [[f"dedup: {k.replace('_', ' ')}", v] for k, v in dedup.items()]
-        index = "<h2>Index</h2>" + _table(rows, ["", ""])
+        index = "<h2>Index</h2>" + _table(rows, ["", "value"])
     samples = ""
     for group, docs in data["samples"].items():
         if not docs:
@@ -151,7 +164,7 @@ def _html(data: dict) -> str:
             samples += f"<div class='doc'><div class='meta'>{fields}</div><pre>{html.escape(str(d.get('snippet') or ''))}</pre></div>"
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}table.text td{text-align:left}"
         "td:first-child,th:first-child{text-align:left}.doc{border:1px solid #ddd;margin:.5em 0;padding:.5em}"
         ".meta{font-size:.85em;color:#555}pre{white-space:pre-wrap;font-size:.85em;max-height:12em;overflow:auto}"
     )

@@ -119,7 +119,7 @@ class Job(Strict):
 
     def config_hash(self) -> str:
         """Everything that decides the output, not where it goes."""
-        data = self.model_dump(mode="json", exclude={"output", "workers"})
+        data = self.model_dump(mode="json", exclude={"output", "workers"}, exclude_none=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:
