@@ -17,19 +17,49 @@ import json
 from typing import Any
 
 import aiohttp
+import pyarrow as pa
 
 from curate.llm.config import Engine
 
 PROMPT, ANSWER, ERROR, TOKENS = "_llm_prompt", "_llm_answer", "_llm_error", "_llm_tokens"
 KEYS = "_llm_keys"  # the columns a row had before the processor, so only they are kept
+SCHEMA = "_llm_schema"  # the Arrow schema of the row's batch before the processor
 SKIP = "row needs no request"
+NO_REQUEST = "curate_no_request"  # payload marker: Transport answers it without a call, never sends it
 RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
 
 
 def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float):
-    """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring)."""
+    """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring). Processors pass rows
+    through Python dicts, which loses column types (an all-null column comes back typed null),
+    so each row carries its batch's schema across and gets it back after."""
+    ds = ds.map_batches(_remember_schema, batch_format="pyarrow", num_cpus=cpu_share)
     if engine.backend == "vllm":
-        return _vllm_pass(ds, engine, sampling, system, cpu_share)
+        ds = _vllm_pass(ds, engine, sampling, system, cpu_share)
+    else:
+        ds = _http_pass(ds, engine, url, model, sampling, system, cpu_share)
+    return ds.map_batches(_restore_schema, batch_format="pyarrow", num_cpus=cpu_share)
+
+
+def _remember_schema(batch: pa.Table) -> pa.Table:
+    schema = batch.schema.remove_metadata().serialize().to_pybytes()
+    return batch.append_column(SCHEMA, pa.array([schema] * len(batch), pa.binary()))
+
+
+def _restore_schema(batch: pa.Table) -> pa.Table:
+    schemas = {s: pa.ipc.read_schema(pa.py_buffer(s)) for s in set(batch[SCHEMA].to_pylist())}
+    for field in [f for schema in schemas.values() for f in schema]:
+        i = batch.schema.get_field_index(field.name)
+        if i >= 0 and batch.schema.field(i).type != field.type:
+            batch = batch.set_column(i, field, batch.column(i).cast(field.type))
+    batch = batch.drop_columns([SCHEMA])
+    for name, typ in ((ANSWER, pa.large_string()), (ERROR, pa.string()), (TOKENS, pa.int64())):
+        i = batch.schema.get_field_index(name)
+        batch = batch.set_column(i, name, batch.column(i).cast(typ))
+    return batch
+
+
+def _http_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(
@@ -42,8 +72,9 @@ def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: d
     )
 
     def preprocess(row: dict) -> dict:
+        # every payload has the same fields (Ray cannot combine blocks whose structs differ)
         prompt = row[PROMPT]
-        payload = None if prompt is None else {"model": model, "messages": _messages(system, prompt), **sampling}
+        payload = {"model": model, "messages": _messages(system, prompt or ""), **sampling, NO_REQUEST: prompt is None}
         return {"payload": payload, KEYS: list(row)}
 
     def postprocess(row: dict) -> dict:
@@ -106,7 +137,7 @@ def _vllm_pass(ds, engine: Engine, sampling: dict[str, Any], system: str | None,
         kept = {k: row[k] for k in row[KEYS]}
         return {**kept, ANSWER: None, ERROR: None if error == SKIP else error, TOKENS: 0}
 
-    return out.map(settle, num_cpus=cpu_share).drop_columns([KEYS])
+    return out.map(settle, num_cpus=cpu_share)
 
 
 class _Reply:
@@ -131,8 +162,8 @@ class _Reply:
 class Transport:
     """The HTTP stage's client session: each request starts at once (a batch's requests run
     concurrently), is retried with exponential backoff on connection errors and retryable
-    statuses, and always ends in a body `{answer, error, tokens}`; a null payload (a row with no
-    request) is answered without a network call."""
+    statuses, and always ends in a body `{answer, error, tokens}`; a payload marked NO_REQUEST (a
+    row with nothing to ask) is answered without a network call."""
 
     def __init__(self, max_retries: int, timeout_s: float, backoff_s: float = 1.0):
         self.max_retries, self.backoff_s = max_retries, backoff_s
@@ -148,8 +179,10 @@ class Transport:
         return asyncio.ensure_future(self._post(url, headers, data))
 
     async def _post(self, url: str, headers: dict, data: str) -> _Reply:
-        if json.loads(data) is None:
+        payload = json.loads(data)
+        if payload.pop(NO_REQUEST, False):
             return _Reply({"answer": None, "error": None, "tokens": 0})
+        data = json.dumps(payload)
         problem = ""
         for attempt in range(self.max_retries + 1):
             if attempt:

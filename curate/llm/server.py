@@ -40,6 +40,9 @@ class LocalServer:
         self.n_ctx = n_ctx
         self.threads = threads or os.cpu_count() or 1
         self.log_file = log_file
+        # The packaged Gemma 3 270M is the pretrained model: its GGUF has no chat template, so
+        # the server is told Gemma's turn format (the turn tokens are in its vocabulary).
+        self.chat_format = "gemma" if model is None else None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -48,10 +51,11 @@ class LocalServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "curate.llm.llama_server",
             "--model", self.model, "--model_alias", self.name,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+            *(["--chat_format", self.chat_format] if self.chat_format else []),
         ]  # fmt: skip
 
     def start(self, wait_s: float = 120) -> LocalServer:

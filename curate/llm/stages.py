@@ -82,7 +82,7 @@ class RephraseStage(LLMStage):
         ds = ds.map_batches(explode, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
         ds = self.generate(ds, self.config.sampling.model_dump(), None, cpu_share)
         assemble = functools.partial(_assemble_document, styles=self.styles)
-        return ds.groupby("_wrap_doc").map_groups(assemble, batch_format="pyarrow", num_cpus=cpu_share)
+        return ds.groupby("_wrap_doc", num_partitions=workers).map_groups(assemble, batch_format="pyarrow", num_cpus=cpu_share)
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         failed = int(scores["wrap_error"].is_not_null().sum()) if len(scores) else 0
@@ -174,6 +174,7 @@ def _assemble_document(group: pa.Table, styles: list[str]) -> pa.Table:
 
 
 DATAMAN_COLUMNS = ("dataman_domain", *(f"dataman_{c}" for c in CRITERIA))
+RATING_TYPES = {"dataman_domain": pa.string(), "dataman_answer": pa.large_string(), "dataman_error": pa.string(), PROMPT: pa.large_string()}  # scores: int8
 
 
 class RateStage(LLMStage):
@@ -271,7 +272,7 @@ def _read_ratings(batch: pa.Table) -> pa.Table:
         cols["dataman_answer"][i] = cols["dataman_error"][i] = cols[PROMPT][i] = None
     for name, values in cols.items():
         if name not in (ANSWER, ERROR):
-            batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, batch.schema.field(name).type))
+            batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, RATING_TYPES.get(name, pa.int8())))
     return batch.drop_columns([ANSWER, ERROR, TOKENS])
 
 
@@ -286,6 +287,9 @@ class SelectStage(Stage):
 
     def __init__(self, **config: Any):
         self.config = SelectConfig(**config)
+
+    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+        return ds  # nothing to score: it decides on the rate stage's columns
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         return selection.fit(scores, self.config)

@@ -1,0 +1,139 @@
+"""LLM stages, own logic with test doubles: the HTTP transport's retries and failure marking (a
+scripted aiohttp server), and DataMan selection on made-up ratings."""
+
+import asyncio
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from aiohttp import web
+
+from curate.llm import selection
+from curate.llm.config import SelectConfig
+from curate.llm.engine import NO_REQUEST, Transport
+from curate.llm.server import free_port
+
+
+def _completion(text: str) -> dict:
+    return {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": {"completion_tokens": 3}}
+
+
+async def _exchange(routes, payloads, retries=2):
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with Transport(max_retries=retries, timeout_s=5, backoff_s=0.01) as t:
+            replies = [t.post(f"http://127.0.0.1:{port}{path}", {"Content-Type": "application/json"}, json.dumps(p)) for path, p in payloads]
+            return [await (await r).json() for r in replies]
+    finally:
+        await runner.cleanup()
+
+
+def test_transport_retries_then_answers_marks_failures_and_skips_rows_without_request():
+    calls = {"flaky": 0, "down": 0}
+
+    async def flaky(request):
+        assert NO_REQUEST not in await request.json()  # the marker is never sent
+        calls["flaky"] += 1
+        return web.json_response(_completion("fine")) if calls["flaky"] > 2 else web.Response(status=503, text="busy")
+
+    async def down(request):
+        calls["down"] += 1
+        return web.Response(status=503, text="still busy")
+
+    async def bad(request):
+        return web.Response(status=400, text="prompt too long")
+
+    async def garbled(request):
+        return web.json_response({"unexpected": True})
+
+    routes = [web.post("/flaky", flaky), web.post("/down", down), web.post("/bad", bad), web.post("/garbled", garbled)]
+    replies = asyncio.run(_exchange(routes, [("/flaky", {"x": 1, NO_REQUEST: False}), ("/down", {"x": 2}), ("/bad", {"x": 3}), ("/garbled", {"x": 4}), ("/bad", {"x": 5, NO_REQUEST: True})]))
+    assert replies[0] == {"answer": "fine", "error": None, "tokens": 3} and calls["flaky"] == 3
+    assert replies[1]["answer"] is None and "after 3 attempts: HTTP 503: still busy" in replies[1]["error"] and calls["down"] == 3
+    assert "after 1 attempts: HTTP 400: prompt too long" in replies[2]["error"]  # not retryable
+    assert "unreadable completion" in replies[3]["error"]
+    assert replies[4] == {"answer": None, "error": None, "tokens": 0}  # no request made
+
+
+def test_transport_marks_an_unreachable_endpoint():
+    async def go():
+        async with Transport(max_retries=1, timeout_s=2, backoff_s=0.01) as t:
+            return await (await t.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", {}, json.dumps({"x": 1}))).json()
+
+    reply = asyncio.run(go())
+    assert reply["answer"] is None and "after 2 attempts: ClientConnectorError" in reply["error"]
+
+
+def _ratings(n=400, seed=0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pl.DataFrame({
+        "id": [f"d{i}" for i in range(n)], "source": rng.choice(["web", "wiki"], n, p=[0.75, 0.25]),
+        "dataman_domain": rng.choice(list("ABE"), n), "dataman_tokens": rng.integers(50, 500, n),
+        "dataman_error": [None] * n,
+    }, schema_overrides={"dataman_error": pl.String})  # fmt: skip
+    for c in selection.SCORES:
+        df = df.with_columns(pl.Series(c, rng.integers(1, 6, n)).cast(pl.Int8))
+    unrated = pl.col("id").is_in(["d0", "d1"])
+    return df.with_columns(
+        [pl.when(unrated).then(None).otherwise(pl.col(c)).alias(c) for c in [*selection.SCORES, "dataman_domain"]]
+        + [pl.when(unrated).then(pl.lit("unparseable answer: x")).otherwise(pl.col("dataman_error")).alias("dataman_error")]
+    )
+
+
+def _select(df, **config):
+    config = SelectConfig(**config)
+    params = selection.fit(df, config)
+    out = selection.decide(df, config, params)
+    return params, out.filter(pl.col("_reason").is_null()), out
+
+
+@pytest.mark.parametrize("strategy", ["top_k", "sum", "overall_score", "uniform"])
+def test_selection_within_budget_and_stratified(strategy):
+    df = _ratings()
+    params, chosen, out = _select(df, strategy=strategy, criterion="coherence", budget_fraction=0.3)
+    assert len(out) == len(df) and params["selected_documents"] == len(chosen)
+    assert out.filter(pl.col("id") == "d0")["_reason"][0] == "not rated by DataMan: unparseable answer: x"
+    rated_tokens = df.filter(pl.col("dataman_overall").is_not_null())["dataman_tokens"].sum()
+    # each stratum stops at the document that reaches its budget
+    assert chosen["dataman_tokens"].sum() <= 0.3 * rated_tokens + 500 * len(params["strata"])
+    if strategy == "overall_score":
+        assert (chosen["dataman_overall"] == 5).all()
+        assert out.filter(pl.col("dataman_overall") == 3)["_reason"].str.contains("Overall Score 3 is not 5").all()
+    else:  # budget shares follow token shares per source and domain
+        pool = df.filter(pl.col("dataman_overall").is_not_null())
+        for stratum, c in params["strata"].items():
+            source, domain = stratum.split("/")
+            share = pool.filter((pl.col("source") == source) & (pl.col("dataman_domain") == domain))["dataman_tokens"].sum() / pool["dataman_tokens"].sum()
+            assert c["budget"] == pytest.approx(params["budget_tokens"] * share, abs=1)
+            assert c["budget"] <= c["tokens"] < c["budget"] + 500
+
+
+def test_top_k_takes_the_highest_scores_in_each_stratum():
+    df = _ratings()
+    params, chosen, out = _select(df, strategy="top_k", criterion="coherence", budget_fraction=0.3)
+    both = out.with_columns(chosen=pl.col("_reason").is_null()).filter(pl.col("dataman_overall").is_not_null())
+    for (stratum,), part in both.group_by(pl.format("{}/{}", "source", "dataman_domain")):
+        if part["chosen"].any() and (~part["chosen"]).any():
+            assert part.filter("chosen")["dataman_coherence"].min() >= part.filter(~pl.col("chosen"))["dataman_coherence"].max()
+
+
+def test_sum_ranks_by_all_fourteen_and_selection_is_reproducible():
+    df = _ratings()
+    params, chosen, _ = _select(df, strategy="sum", budget_tokens=5000, stratify=False)
+    total = pl.sum_horizontal(selection.SCORES)
+    rest = df.filter(~pl.col("id").is_in(chosen["id"].to_list()) & pl.col("dataman_overall").is_not_null())
+    assert chosen.select(total.min()).item() >= rest.select(total.max()).item()
+    assert _select(df, strategy="sum", budget_tokens=5000, stratify=False)[1]["id"].to_list() == chosen["id"].to_list()
+    other_seed = _select(df, strategy="uniform", budget_tokens=5000, stratify=False, seed=7)[1]
+    assert other_seed["id"].to_list() != _select(df, strategy="uniform", budget_tokens=5000, stratify=False, seed=8)[1]["id"].to_list()
+
+
+def test_select_needs_ratings():
+    with pytest.raises(ValueError, match="needs a rate stage"):
+        _select(pl.DataFrame({"id": ["a"], "source": ["s"]}), budget_tokens=10)
