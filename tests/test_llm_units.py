@@ -137,3 +137,30 @@ def test_sum_ranks_by_all_fourteen_and_selection_is_reproducible():
 def test_select_needs_ratings():
     with pytest.raises(ValueError, match="needs a rate stage"):
         _select(pl.DataFrame({"id": ["a"], "source": ["s"]}), budget_tokens=10)
+
+
+def test_distilled_rater_learns_ratings_and_rates_like_the_llm_stage(tmp_path):
+    from curate.llm.distill import DistilledActor, distill
+    from curate.llm.server import gemma_path
+
+    rng = np.random.default_rng(0)
+    good = ["clear", "precise", "informative", "careful", "structured"]
+    bad = ["spam", "click", "buy", "cheap", "winner"]
+    rows = []
+    for i in range(120):
+        q = i % 2
+        words = rng.choice(good if q else bad, 12).tolist() + rng.choice(["the", "a", "of", "and"], 8).tolist()
+        rows.append({"id": f"d{i}", "text": " ".join(rng.permutation(words)), "dataman_domain": "E" if q else "L",
+                     **{f"dataman_{c}": (5 if q else 1) for c in selection.CRITERIA}})  # fmt: skip
+    pl.DataFrame(rows).with_columns([pl.col(c).cast(pl.Int8) for c in selection.SCORES]).write_parquet(tmp_path / "rated.parquet")
+    card = distill([str(tmp_path / "rated.parquet")], str(tmp_path / "rater"))
+    assert card["documents"] == 120 and card["held_out"] == 24
+    assert card["agreement_with_llm"]["overall"] == {"accuracy": 1.0, "spearman": 1.0}
+    assert card["agreement_with_llm"]["domain"]["accuracy"] == 1.0
+
+    import pyarrow as pa
+
+    batch = pa.table({"text": ["clear precise informative text", "buy cheap spam now", None], "error": [None, None, "bad record"]})
+    out = DistilledActor(str(tmp_path / "rater"), gemma_path(), 947)(batch)
+    assert out["dataman_overall"].to_pylist() == [5, 1, None] and out["dataman_domain"].to_pylist() == ["E", "L", None]
+    assert out["dataman_tokens"].to_pylist()[2] is None and out["dataman_tokens"].to_pylist()[0] > 0

@@ -1,5 +1,5 @@
-"""A fast rater learned from the LLM's ratings (beyond the papers): hashed word and character
-n-grams (no vocabulary to store) and one linear classifier per criterion and for the domain, so a
+"""A fast rater learned from the LLM's ratings (beyond the papers): hashed word n-grams (no
+vocabulary to store) and one logistic-regression classifier (SGD) per criterion and for the domain, so a
 whole corpus can be rated on CPUs. `distill` fits it on rated documents and measures its agreement
 with the LLM on held-out ones; `DistilledActor` is the `rate` stage's `backend: distilled`."""
 
@@ -16,8 +16,7 @@ import pyarrow as pa
 from scipy.stats import spearmanr
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion
+from sklearn.linear_model import SGDClassifier
 
 from curate.llm.chunking import head_and_tail
 from curate.llm.prompts import CRITERIA
@@ -28,11 +27,10 @@ CARD = "distilled.json"
 MODELS = "classifiers.joblib"
 
 
-def features() -> FeatureUnion:
-    return FeatureUnion([
-        ("words", HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False, norm="l2")),
-        ("chars", HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**18, alternate_sign=False, norm="l2")),
-    ])  # fmt: skip
+def features() -> HashingVectorizer:
+    """Word unigrams and bigrams hashed into 2^20 columns (character n-grams were tried: 7x
+    slower on the OpenWebText sample)."""
+    return HashingVectorizer(ngram_range=(1, 2), n_features=2**20, alternate_sign=False, norm="l2")
 
 
 def _column(target: str) -> str:
@@ -42,7 +40,7 @@ def _column(target: str) -> str:
 def _classifier(labels: np.ndarray, seed: int):
     if len(np.unique(labels)) < 2:  # one class seen: predicting it is all a classifier could learn
         return DummyClassifier(strategy="most_frequent")
-    return LogisticRegression(C=4.0, max_iter=2000, random_state=seed)
+    return SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=30, tol=None, random_state=seed)
 
 
 def read_ratings(paths: list[str]) -> pl.DataFrame:
@@ -59,8 +57,8 @@ def read_ratings(paths: list[str]) -> pl.DataFrame:
 def distill(paths: list[str], out: str, test_fraction: float = 0.2, seed: int = 1024) -> dict[str, Any]:
     """Fit on a fixed share of the rated documents, measure on the rest, then refit on all."""
     df = read_ratings(paths)
-    if len(df) < 10:
-        raise ValueError(f"only {len(df)} rated documents: distilling needs at least 10")
+    if len(df) < 5:
+        raise ValueError(f"only {len(df)} rated documents: distilling needs at least 5")
     rng = np.random.default_rng(seed)
     test = np.zeros(len(df), bool)
     test[rng.permutation(len(df))[: max(1, round(test_fraction * len(df)))]] = True

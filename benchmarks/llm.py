@@ -1,0 +1,116 @@
+"""LLM stage benchmark, on the local llama.cpp server with Gemma 3 270M.
+
+1. Pipeline overhead: the `rate` stage (ray.data.llm HTTP processor inside a Ray Data plan) on N
+   documents against direct sequential calls to the same server with the same requests
+   (DataMan prompt, greedy, the answer grammar). Greedy decoding makes both generate the same
+   answers, which is checked; the ratio is pipeline time / direct time (target <= 1.1).
+2. The distilled rater (fitted on those LLM ratings) rating the 1,000 OpenWebText documents,
+   in documents/s against the LLM rater's documents/s from step 1.
+
+    .venv/bin/python benchmarks/llm.py [--docs 8 --chars 600 --rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+
+from curate.llm import dataman
+from curate.llm.chunking import head_and_tail
+from curate.llm.distill import DistilledActor, DistilledRater, distill
+from curate.llm.prompts import DATAMAN_SYSTEM, dataman_prompt
+from curate.llm.stages import RateStage
+from curate.llm.tokens import load_tokenizer
+
+OWT = Path(__file__).resolve().parent.parent / "data" / "web" / "openwebtext_1k.jsonl.gz"
+
+
+def documents(n: int | None, chars: int | None) -> pa.Table:
+    with gzip.open(OWT, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f][:n]
+    texts = [d["text"][:chars] if chars else d["text"] for d in docs]
+    return pa.table({
+        "id": [d["id"] for d in docs], "text": pa.array(texts, pa.large_string()), "source": ["openwebtext"] * len(docs),
+        "error": pa.nulls(len(docs), pa.string()), "input_row": list(range(len(docs))), "_shard": [0] * len(docs),
+    })  # fmt: skip
+
+
+def direct(stage: RateStage, texts: list[str]) -> tuple[float, list[str], int]:
+    """The same requests, one after another, straight to the server."""
+    tok = load_tokenizer(stage.tokenizer)
+    answers, tokens = [], 0
+    t0 = time.perf_counter()
+    for text in texts:
+        prompt = dataman_prompt(head_and_tail(text, tok, stage.config.keep_tokens)[0])
+        body = {"model": stage.model, "messages": [{"role": "system", "content": DATAMAN_SYSTEM}, {"role": "user", "content": prompt}], **stage.sampling(0)}
+        req = urllib.request.Request(f"{stage.url}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            reply = json.load(r)
+        answers.append(reply["choices"][0]["message"]["content"])
+        tokens += reply["usage"]["completion_tokens"]
+    return time.perf_counter() - t0, answers, tokens
+
+
+def through_stage(stage: RateStage, table: pa.Table) -> tuple[float, pl.DataFrame]:
+    t0 = time.perf_counter()
+    ds = stage.plan(ray.data.from_arrow(table), workers=1, batch_docs=len(table), cpu_share=0.5)
+    rows = pl.from_arrow(pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))))
+    return time.perf_counter() - t0, rows.sort("input_row")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=8)
+    ap.add_argument("--chars", type=int, default=600, help="documents cut to this many characters (CPU time)")
+    ap.add_argument("--rounds", type=int, default=2, help="direct and stage runs alternate; the best of each counts")
+    args = ap.parse_args()
+    table = documents(args.docs, args.chars)
+    texts = table["text"].to_pylist()
+    ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    stage = RateStage(max_tokens=40, retries=0, batch_size=args.docs)
+    t_direct = t_stage = float("inf")
+    with stage.serving():
+        direct(stage, texts[:1])  # warm the server once for both
+        for _ in range(args.rounds):
+            t, answers, tokens = direct(stage, texts)
+            t_direct = min(t_direct, t)
+            t, rows = through_stage(stage, table)
+            t_stage = min(t_stage, t)
+    same = [dataman.parse_answer(a).scores["overall"] for a in answers] == rows["dataman_overall"].to_list()
+    print(f"rate, {args.docs} documents of <= {args.chars} chars, Gemma 3 270M on llama.cpp, best of {args.rounds} ({tokens} generated tokens per run)")
+    print(f"  direct calls : {t_direct:7.2f} s  {tokens / t_direct:6.1f} tokens/s  {args.docs / t_direct:6.2f} docs/s")
+    print(f"  through stage: {t_stage:7.2f} s  {tokens / t_stage:6.1f} tokens/s  {args.docs / t_stage:6.2f} docs/s")
+    print(f"  pipeline/direct time ratio: {t_stage / t_direct:.3f} (target <= 1.1); same ratings both ways: {same}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.write_parquet(Path(tmp) / "rated.parquet")
+        card = distill([str(Path(tmp) / "rated.parquet")], str(Path(tmp) / "rater"))
+        corpus = documents(None, None)
+        t0 = time.perf_counter()
+        ratings = DistilledRater(str(Path(tmp) / "rater")).rate(corpus["text"].to_pylist())
+        t_rater = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = DistilledActor(str(Path(tmp) / "rater"), stage.tokenizer, stage.config.keep_tokens)(corpus)
+        t_actor = time.perf_counter() - t0
+    assert len(ratings["dataman_overall"]) == len(corpus) and out["dataman_overall"].null_count == 0
+    llm_rate = args.docs / t_stage
+    print(f"distilled rater, {len(corpus)} full OpenWebText documents, one process:")
+    print(f"  ratings only            : {t_rater:6.2f} s = {len(corpus) / t_rater:6.0f} docs/s ({len(corpus) / t_rater / llm_rate:.0f}x the LLM rater's {llm_rate:.2f} docs/s)")
+    print(f"  + Gemma token counts     : {t_actor:6.2f} s = {len(corpus) / t_actor:6.0f} docs/s (the stage's dataman_tokens, for select budgets)")
+    print(f"  held-out agreement with the LLM ({card['held_out']} of {card['documents']} documents, too few to mean much):")
+    print("  " + json.dumps({k: v for k, v in card["agreement_with_llm"].items() if k in ("domain", "overall")}))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
