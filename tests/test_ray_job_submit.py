@@ -36,11 +36,12 @@ def cluster(tmp_path):
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # generous: a loaded 2-core machine starts Ray slowly
         # Ready means a job can be submitted: the job agent comes up after the dashboard answers.
-        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True).returncode != 0:
+        probe = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", address, "--", "true"]
+        while (answer := subprocess.run(probe, env=env, capture_output=True, text=True)).returncode != 0:
             assert head.poll() is None, head.stdout.read()
-            assert time.time() < deadline, "the Ray head did not come up"
+            assert time.time() < deadline, f"the Ray head did not take jobs: {answer.stderr[-2000:]}"
             time.sleep(1)
         yield address, env
     finally:
