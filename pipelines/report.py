@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from curate.llm import report as llm_report  # noqa: E402
+
 SNIPPET_CHARS = 400
 
 
@@ -40,6 +42,7 @@ def write(out_dir: Path, manifest: dict, result: dict, stages, samples: int) -> 
         "histograms": _histograms(scores, manifest["stages"]),
         "samples": _samples(frames, manifest["stages"], samples),
         "index": manifest.get("index"),
+        "llm": llm_report.section(scores, frames, samples),
     }
     _atomic_write(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
     _atomic_write(out_dir / "report.html", _html(data))
@@ -172,5 +175,5 @@ def _html(data: dict) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>curate report: {html.escape(data['job'])}</title>"
         f"<style>{style}</style></head><body><h1>curate report: {html.escape(data['job'])}</h1>"
         f"<h2>Documents</h2>{counts}<h2>Stages</h2>{stages}<h2>Scores</h2>{plots}"
-        f"{index}<h2>Time</h2>{seconds}<h2>Samples</h2>{samples}</body></html>\n"
+        f"{index}{llm_report.render(data.get('llm'))}<h2>Time</h2>{seconds}<h2>Samples</h2>{samples}</body></html>\n"
     )

@@ -140,6 +140,9 @@ def test_every_document_is_accounted_for_and_no_server_is_left(llm_run):
     kept = _read(out, "kept")
     assert len(kept) == m["kept"] + m["synthetic"]
     assert not _llama_servers()
+    llm = json.loads((out / "report.json").read_text())["llm"]  # the report shows ratings and rephrases
+    assert all(sum(counts) == llm["rated"] for counts in llm["criteria"].values()) and sum(llm["domains"].values()) == llm["rated"]
+    assert len(llm["rephrases"]) == min(3, m["synthetic"]) and "LLM stages" in (out / "report.html").read_text()
 
 
 def test_rate_fills_every_dataman_column(llm_run):
