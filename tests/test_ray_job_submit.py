@@ -26,12 +26,17 @@ def _free_port() -> int:
 def cluster(tmp_path):
     """A one-node Ray cluster of its own (own ports, own temp dir), torn down with its process group."""
     gcs, dashboard = _free_port(), _free_port()
+    # Ports of its own for every service: another Ray on this machine (an earlier test's) holds
+    # the defaults, and a head whose dashboard agent cannot bind never takes jobs.
+    own_ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "node-manager-port", "object-manager-port", "ray-client-server-port")]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     temp = Path("/tmp") / f"ray-cluster-{os.getpid()}"
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
+         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}", *own_ports],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
