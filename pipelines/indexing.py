@@ -39,13 +39,16 @@ def _dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, re
     scratch = out_dir / "work" / "dedup-index"
     build_index([str(out_dir / "kept")], tokenizer, scratch, spec.shard_tokens, overwrite=True, log=log)
     changed = removed = emptied = 0
-    kept_frames, rejected_frames = [], []
+    kept_frames, rejected_frames, dropped_synthetic = [], [], []
     for path in kept:
         docs = pl.from_arrow(dedup_documents(pq.read_table(path), scratch, spec.dedup_min_tokens))
         changed += int((docs["dedup_removed_tokens"] > 0).sum())
         removed += int(docs["dedup_removed_tokens"].sum())
         empty = docs["text"].str.strip_chars() == ""
-        gone = docs.filter(empty).with_columns(
+        synthetic = pl.col("parent_id").is_not_null() if "parent_id" in docs.columns else pl.lit(False)
+        # an emptied input document is a rejection; an emptied synthetic one (made by this run) is dropped
+        dropped_synthetic += docs.filter(empty & synthetic)["id"].to_list()
+        gone = docs.filter(empty & ~synthetic).with_columns(
             reject_stage=pl.lit(DEDUP), reject_reason=pl.format("all {} tokens repeat earlier documents", pl.col("dedup_removed_tokens"))
         )
         docs = docs.filter(~empty)
@@ -63,5 +66,8 @@ def _dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, re
         emptied += len(gone)
     result["frames"]["kept"] = pl.concat([without_text(f) for f in kept_frames], how="diagonal_relaxed")
     result["frames"]["rejected"] = pl.concat([result["frames"]["rejected"], *map(without_text, rejected_frames)], how="diagonal_relaxed")
+    if dropped_synthetic:
+        result["frames"]["synthetic"] = result["frames"]["synthetic"].filter(~pl.col("id").is_in(dropped_synthetic))
     log(f"dedup: cut {removed} repeated tokens from {changed} documents; {emptied} documents were nothing but repeats")
-    return {"min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed, "documents_rejected": emptied}
+    return {"min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed, "documents_rejected": emptied,
+            "synthetic_dropped": len(dropped_synthetic)}

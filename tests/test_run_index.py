@@ -7,8 +7,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from indexes.engine import Engine
+from pipelines.indexing import index_outputs
 from pipelines.runner import run_job
-from pipelines.spec import load_job
+from pipelines.spec import IndexSpec, load_job
 
 from .conftest import DATA
 
@@ -41,3 +42,24 @@ def test_dedup_then_index(tmp_path):
     assert engine.count(phrase)["count"] == 1  # only the original keeps the quoted passage
     for f in (tmp_path / "out" / "kept").glob("*.parquet"):
         assert manifest["shards"][f"kept/{f.name}"]["rows"] == pq.read_metadata(f).num_rows
+
+
+def test_dedup_drops_emptied_synthetic_documents_without_charging_the_input(tmp_path):
+    with gzip.open(DATA / "web" / "openwebtext_1k.jsonl.gz", "rt", encoding="utf-8") as f:
+        docs = [json.loads(next(f)) for _ in range(8)]
+    rows = [{"id": d["id"], "text": d["text"], "source": "owt", "parent_id": None} for d in docs]
+    rows.append({"id": "owt-0001#wrap-qa", "text": docs[1]["text"], "source": "owt", "parent_id": "owt-0001"})  # a rephrase that copied its parent
+    rows.append({"id": "copy-of-2", "text": docs[2]["text"], "source": "owt", "parent_id": None})
+    kept = pl.DataFrame(rows)
+    part = tmp_path / "kept" / "part-00000.parquet"
+    part.parent.mkdir()
+    kept.write_parquet(part)
+    result = {
+        "outputs": {"kept/part-00000.parquet": {"rows": len(kept)}},
+        "frames": {"kept": kept.drop("text"), "rejected": pl.DataFrame(), "quarantine": pl.DataFrame(), "synthetic": kept.filter(pl.col("parent_id").is_not_null()).drop("text")},
+    }
+    info = index_outputs(IndexSpec(vocab=1000, dedup_min_tokens=20), tmp_path, result, log=lambda *_: None)
+    assert info["dedup"]["documents_rejected"] == 1 and info["dedup"]["synthetic_dropped"] == 1
+    assert result["frames"]["rejected"]["id"].to_list() == ["copy-of-2"]
+    assert len(result["frames"]["synthetic"]) == 0
+    assert sorted(result["frames"]["kept"]["id"]) == sorted(d["id"] for d in docs)
