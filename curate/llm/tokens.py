@@ -3,6 +3,7 @@ local backend (llama.cpp, vocabulary only, no weights), else a Hugging Face `tok
 
 from __future__ import annotations
 
+import atexit
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,8 @@ class GgufTokenizer:
         from llama_cpp import Llama
 
         self.llama = Llama(model_path=path, vocab_only=True, verbose=False)
+        # free it before interpreter shutdown: llama.cpp's __del__ fails once its module is torn down
+        atexit.register(self.llama.close)
 
     def encode(self, text: str) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
