@@ -71,7 +71,7 @@ def valley(harmfulness: np.ndarray, bins: int = 60, min_prominence: float = 0.1)
     prominent other peak; a second peak less prominent than `min_prominence` of the highest
     one is noise, and then there is no valley to find."""
     counts, edges = np.histogram(harmfulness, bins=bins)
-    smooth = np.convolve(counts, np.ones(5) / 5, mode="same")
+    smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
     padded = np.concatenate([[-1.0], smooth, [-1.0]])
     peaks = [i for i in range(len(smooth)) if padded[i + 1] > padded[i] and padded[i + 1] >= padded[i + 2]]
     top = max(peaks, key=lambda i: smooth[i])

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
 
 from curate.documents import InputError, read_texts
 from curate.llm import cli as llm_cli
@@ -110,21 +109,14 @@ def _lm_score(args) -> int:
 
 
 def _lm_calibrate(args) -> int:
-    from curate import calibrate, harmful
-    from curate.lm import LanguageModel
+    from curate import harmful
 
     if args.candidates < 100:
         raise ValueError("--candidates must be at least 100")
     if args.labeled:
         harmful.calibrate_model(args.model, args.labeled, args.label_field, args.reference, args.candidates)
-        return 0
-    model = LanguageModel(args.model)
-    sums, tokens = model.score_many(doc["text"] for doc in read_texts(args.unlabeled))
-    t = calibrate.valley(sums / tokens)
-    threshold = 10.0 ** (-t)
-    model.card.setdefault("thresholds", {})["harmful"] = {"default": "perplexity", "perplexity": {"threshold": threshold, "from": "valley", "unlabeled": args.unlabeled}}
-    model.save_card()
-    print(f"threshold at the histogram valley: perplexity {threshold:.4g} (log10 {-t:.3f}); {int(np.sum(sums / tokens > t))} of {len(sums)} documents fall below it")
+    else:
+        harmful.calibrate_valley(args.model, args.unlabeled)
     return 0
 
 

@@ -64,6 +64,19 @@ def calibrate_model(model_dir: str | Path, labeled: list[str], label_field: str 
     return lm.card["thresholds"]["harmful"]
 
 
+def calibrate_valley(model_dir: str | Path, unlabeled: list[str], log=print) -> dict:
+    """Without labels: the threshold at the valley of the bimodal log-perplexity histogram."""
+    lm = LanguageModel(model_dir)
+    sums, tokens = lm.score_many(doc["text"] for doc in read_texts(unlabeled))
+    t = calibrate.valley(sums / tokens)
+    entry = {"threshold": float(10.0 ** (-t)), "from": "valley of the log-perplexity histogram", "unlabeled": [str(p) for p in unlabeled]}
+    lm.card.setdefault("thresholds", {})["harmful"] = {"default": "perplexity", "perplexity": entry}
+    lm.save_card()
+    flagged = int(np.sum(sums / tokens > t))
+    log(f"threshold at the histogram valley: perplexity {entry['threshold']:.4g}; {flagged} of {len(sums)} documents fall below it")
+    return lm.card["thresholds"]["harmful"]
+
+
 def evaluate(model_dir: str | Path, labeled: list[str], label_field: str = "harmful", log=print) -> dict:
     """Metrics of the card's thresholds on other labelled files (all of them: nothing of these
     files was used for training or calibration)."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from curate import harmful
 from curate.documents import read_texts, sha256_file
 from curate.lm import LanguageModel, score_piece_lines
 from curate.normalize import normalize_reference
+from curate.splits import split_of
 from pipelines.runner import run_job
 from pipelines.spec import SpecError, load_job
 
@@ -167,3 +170,20 @@ def test_calibrated_card_and_scoring_cli(models):
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert [d["id"] for d in lines] == [d["id"] for d in read_texts([str(REPO / "data" / "samples" / "broken.jsonl")])]
     assert all(d["ppl"] > 1 for d in lines)
+
+
+def test_calibrate_without_labels_finds_the_valley(models, tmp_path):
+    """Harmful tweets score low under the harmful model and Wikipedia articles high: the valley
+    threshold falls between the two groups."""
+    tweets = [d for d in read_texts([str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")]) if d["harmful"] and split_of(d["id"]) == "test"][:1500]
+    wiki = list(read_texts([str(REPO / "data" / "wiki")]))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in tweets + wiki * 5))
+    model_dir = tmp_path / "harmful"
+    shutil.copytree(models["harmful"], model_dir)
+    card = harmful.calibrate_valley(model_dir, [str(mixed)], log=lambda *_: None)
+    model = LanguageModel(model_dir)
+    tweet_ppl = np.median([model.perplexity(d["text"]) for d in tweets[:200]])
+    wiki_ppl = np.median([model.perplexity(d["text"]) for d in wiki])
+    assert card["default"] == "perplexity"
+    assert tweet_ppl < card["perplexity"]["threshold"] < wiki_ppl
