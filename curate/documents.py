@@ -120,9 +120,8 @@ def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Exception]]:
-    """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
-    exception that made a Parquet row unreadable."""
+def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict]]:
+    """(position, record) for records start..stop-1: raw line bytes or a Parquet row dict."""
     if path.name.endswith(PARQUET_SUFFIXES):
         table = pq.read_table(path).slice(start, stop - start)
         for offset, row in enumerate(table.to_pylist()):

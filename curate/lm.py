@@ -52,7 +52,8 @@ def kenlm_tool(name: str) -> str:
     raise ModelError(f"{name} not found in {DEFAULT_KENLM_BIN} or on PATH: run `make setup`")
 
 
-def perplexity(log10_sum: float, tokens: int) -> float:
+def perplexity(log10_sum, tokens):
+    """10 ** (-sum log10 p / tokens), for numbers or numpy arrays alike."""
     return 10.0 ** (-log10_sum / tokens)
 
 
@@ -205,9 +206,3 @@ def _run(cmd: list[str], stdin=None, stdout=None) -> None:
     if proc.returncode != 0:
         tail = proc.stderr.decode("utf-8", errors="replace")[-2000:]
         raise ModelError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}):\n{tail}")
-
-
-def log_perplexity(log10_sum: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """log10 of the perplexity: what histograms and contrastive scores work with."""
-    return -np.asarray(log10_sum) / np.asarray(tokens)
-

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import calibrate
-from curate.lm import CARD, LanguageModel
+from curate.lm import CARD, LanguageModel, perplexity
 
 
 class Stage:
@@ -114,7 +114,7 @@ class PerplexityStage(Stage):
     def score(self, texts: list[str]) -> dict[str, np.ndarray]:
         assert self.lm is not None, "setup() loads the model"
         log10_sum, tokens = self.lm.score_many(texts)
-        return {"ppl_log10": log10_sum, "ppl_tokens": tokens, "ppl": 10.0 ** (-log10_sum / tokens)}
+        return {"ppl_log10": log10_sum, "ppl_tokens": tokens, "ppl": perplexity(log10_sum, tokens)}
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         if self.cutoffs:
@@ -198,11 +198,11 @@ def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[
     log10-probability difference when a reference is given, else minus log10 perplexity."""
     log10_sum, tokens = lm.score_many(texts)
     harm_lp = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
-    out = {"harmful_ppl": 10.0 ** (-harm_lp)}
+    out = {"harmful_ppl": perplexity(log10_sum, tokens)}
     if reference is not None:
         ref_sum, ref_tokens = reference.score_many(texts)
         ref_lp = ref_sum / ref_tokens
-        out["harmful_ref_ppl"] = 10.0 ** (-ref_lp)
+        out["harmful_ref_ppl"] = perplexity(ref_sum, ref_tokens)
         out["harmful_score"] = harm_lp - ref_lp
     else:
         out["harmful_ref_ppl"] = np.full(len(texts), np.nan)
