@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from curate.documents import expand_inputs, read_texts
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
 from indexes.suffix_array import build_suffix_array
-from indexes.tokenizer import find_eos_token_id, load_tokenizer
+from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 DEFAULT_SHARD_TOKENS = 500_000_000
 ENCODE_BATCH_DOCS = 1024
@@ -94,13 +94,15 @@ def build_index(
     log=print,
 ) -> dict:
     """Index documents (Parquet shards such as a run's `kept/*.parquet`, or JSON Lines) and return
-    the index card. Shards are suffix-sorted in parallel as Ray tasks."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    the index card. `tokenizer_path`: a tokenizer.json, or a .gguf model whose vocabulary gives
+    the ids (so a neural model can be scored against the index). Shards are suffix-sorted in
+    parallel as Ray tasks."""
+    tokenizer = open_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
-    return write_index(documents, out_dir, tokenizer.get_vocab_size(), find_eos_token_id(tokenizer), tokenizer_path, shard_tokens, overwrite, log)
+    return write_index(documents, out_dir, tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, shard_tokens, overwrite, log)
 
 
-def _encode(docs: Iterator[dict], tokenizer) -> Iterator[tuple[list[int], dict]]:
+def _encode(docs: Iterator[dict], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], dict]]:
     batch: list[dict] = []
     for doc in docs:
         batch.append(doc)
@@ -110,10 +112,9 @@ def _encode(docs: Iterator[dict], tokenizer) -> Iterator[tuple[list[int], dict]]
     yield from _encode_batch(batch, tokenizer)
 
 
-def _encode_batch(batch: list[dict], tokenizer) -> Iterator[tuple[list[int], dict]]:
-    encodings = tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False)
-    for doc, enc in zip(batch, encodings):
-        yield enc.ids, doc["metadata"]
+def _encode_batch(batch: list[dict], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], dict]]:
+    for doc, ids in zip(batch, tokenizer.encode_batch([d["text"] for d in batch])):
+        yield ids, doc["metadata"]
 
 
 def write_index(
@@ -121,13 +122,14 @@ def write_index(
     out_dir: str | Path,
     vocab_size: int,
     eos_token_id: int,
-    tokenizer_path: str | Path | None = None,
+    tokenizer: TextTokenizer | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     log=print,
 ) -> dict:
     """Index already tokenized documents given as (token ids, metadata) pairs. Without a
-    tokenizer the index answers token-id queries only."""
+    tokenizer the index answers token-id queries only. A tokenizer.json is copied into the index;
+    a .gguf (hundreds of MB) is recorded by its absolute path."""
     import ray
 
     width = token_width_for_vocab(vocab_size)
@@ -180,14 +182,22 @@ def write_index(
         "shards": len(writers),
         "tokens": sum(w.tokens for w in writers),
         "documents": sum(w.docs for w in writers),
-        "tokenizer": TOKENIZER_NAME if tokenizer_path else None,
+        "tokenizer": _card_tokenizer(tokenizer),
+        "tokenizer_fingerprint": fingerprint(tokenizer) if tokenizer else None,
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
-    if tokenizer_path:
-        shutil.copyfile(tokenizer_path, work / TOKENIZER_NAME)
+    if card["tokenizer"] == TOKENIZER_NAME:
+        shutil.copyfile(tokenizer.source, work / TOKENIZER_NAME)
     (work / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)
     log(f"index {out_dir}: {card['tokens']:,} tokens in {card['shards']} shard(s), {card['build_seconds']} s")
     return card
+
+
+def _card_tokenizer(tokenizer: TextTokenizer | None) -> str | None:
+    """The card's `tokenizer`: a path relative to the index (absolute for a .gguf left in place)."""
+    if tokenizer is None:
+        return None
+    return str(Path(tokenizer.source).resolve()) if tokenizer.source.endswith(".gguf") else TOKENIZER_NAME

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from indexes import kernels
 from indexes.engine import Engine
+from indexes.tokenizer import TextTokenizer
 
 DEFAULT_MIN_TOKENS = 50
 
@@ -78,12 +79,12 @@ def dedup_documents(documents: pa.Table, index_dir: str | Path, min_tokens: int 
     return documents.append_column("dedup_removed_tokens", pa.array(removed, pa.int64()))
 
 
-def remove_spans(text: str, tokenizer, spans: list[list[int]]) -> str:
+def remove_spans(text: str, tokenizer: TextTokenizer, spans: list[list[int]]) -> str:
     """The text without the given token spans (offsets from re-encoding it with the index's
     tokenizer, which is deterministic, so they line up with the indexed tokens)."""
     if not spans:
         return text
-    offsets = tokenizer.encode(text, add_special_tokens=False).offsets
+    offsets = tokenizer.offsets(text)
     pieces, cursor = [], 0
     for start, end in spans:
         pieces.append(text[cursor : offsets[start][0]])

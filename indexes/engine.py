@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from indexes import kernels
-from indexes.layout import TOKENIZER_NAME, Shard, open_shards, read_card
-from indexes.tokenizer import load_tokenizer
+from indexes.layout import IndexFormatError, Shard, open_shards, read_card
+from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 CNF_SEED = 19260817
 
@@ -44,21 +44,35 @@ class Engine:
         self.eos_token_id: int = self.card["eos_token_id"]
         self.token_id_max = (1 << (8 * self.token_width)) - 1
         self._dtype = np.dtype("<u2" if self.token_width == 2 else "<u4")
-        self.tokenizer = load_tokenizer(self.index_dir / TOKENIZER_NAME) if self.card.get("tokenizer") else None
+        self.tokenizer = self._open_tokenizer()
         self.max_support, self.max_clause_freq, self.max_diff_tokens = max_support, max_clause_freq, max_diff_tokens
         self.maxnum, self.max_disp_len = maxnum, max_disp_len
 
     # -- text ---------------------------------------------------------------------------------
 
+    def _open_tokenizer(self) -> TextTokenizer | None:
+        """The card names a file in the index, or the absolute path of the .gguf it was built with
+        (and, since a file left in place can change, the fingerprint of its ids)."""
+        if not self.card.get("tokenizer"):
+            return None
+        path = self.index_dir / self.card["tokenizer"]
+        if not path.is_file():
+            raise IndexFormatError(f"{self.index_dir} was tokenized with {path}, which is missing; restore that file (or rebuild the index)")
+        tokenizer = open_tokenizer(path)
+        recorded = self.card.get("tokenizer_fingerprint")
+        if recorded and fingerprint(tokenizer) != recorded:
+            raise IndexFormatError(f"{path} now gives other token ids than when {self.index_dir} was built; restore that file (or rebuild the index)")
+        return tokenizer
+
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise QueryError("this index was built without a tokenizer; query with token ids")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text)
 
     def detokenize(self, token_ids: list[int]) -> str:
         if self.tokenizer is None:
             raise QueryError("this index was built without a tokenizer")
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        return self.tokenizer.decode(token_ids)
 
     # -- counting -----------------------------------------------------------------------------
 

@@ -1,15 +1,24 @@
-"""Byte-level BPE tokenizers (Hugging Face `tokenizers`): train one, or load any tokenizer.json."""
+"""Tokenizers for indexes and LLM stages, one interface for both kinds of file: a Hugging Face
+tokenizer.json (train a byte-level BPE, or load any) or a GGUF model's own vocabulary (llama.cpp,
+vocabulary only, no weights), so an index can share token ids with a neural model."""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 END_OF_TEXT = "<|endoftext|>"
 # Names other tokenizer.json files use for their end-of-document token, tried in order.
 EOS_NAMES = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")
+# Encoded for the fingerprint: words, digits, punctuation, whitespace runs and several scripts.
+FINGERPRINT_TEXT = "The Quick-brown fox's 1,234.5 jumps\n\n\tover naïve Ünïcödé: 東京, Москва, القاهرة — 🙂 <eos> code();"
 
 
 def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 32000) -> Tokenizer:
@@ -50,3 +59,115 @@ def find_eos_token_id(tokenizer: Tokenizer) -> int:
         if token_id is not None:
             return token_id
     raise ValueError(f"the tokenizer has none of the end-of-document tokens {', '.join(EOS_NAMES)}")
+
+
+class TextTokenizer(Protocol):
+    """What indexes and LLM stages need from a tokenizer. Text never produces special tokens."""
+
+    source: str  # the file (or Hugging Face model id) it was loaded from
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets in `text` of each token of `encode(text)`."""
+        ...
+
+    def id_to_token(self, token_id: int) -> str | None: ...
+
+
+def fingerprint(tokenizer: TextTokenizer) -> str:
+    """Equal for tokenizers that give the same ids: vocabulary size, EOS and a probe text's ids."""
+    probe = [tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer.encode(FINGERPRINT_TEXT)]
+    return hashlib.sha256(json.dumps(probe).encode()).hexdigest()[:16]
+
+
+class HFTokenizer:
+    def __init__(self, tokenizer: Tokenizer, source: str):
+        self.tok, self.source = tokenizer, source
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    @property
+    def eos_token_id(self) -> int:
+        return find_eos_token_id(self.tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.tok.encode(text, add_special_tokens=False).offsets
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.tok.id_to_token(token_id)
+
+
+class GgufTokenizer:
+    """A GGUF model's vocabulary through llama.cpp; `llama` reuses a model already loaded."""
+
+    def __init__(self, path: str | Path, llama=None):
+        from llama_cpp import Llama
+
+        self.source = str(path)
+        if llama is None:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"tokenizer {path} does not exist")
+            llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            # free it before interpreter shutdown: llama.cpp's __del__ fails once its module is torn down
+            atexit.register(llama.close)
+        self.llama = llama
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llama.n_vocab()
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.llama.token_eos()
+
+    def encode(self, text: str) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llama.detokenize(ids).decode("utf-8", errors="replace")
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        # Each token's bytes are its piece (the pieces concatenate to the text); a token that ends
+        # inside a multi-byte character extends to the end of that character.
+        ids = self.encode(text)
+        ends = np.cumsum([len(self.llama.detokenize([i])) for i in ids], dtype=np.int64)
+        starts = ends - np.diff(ends, prepend=0)
+        char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])
+        char_of_byte = np.append(char_of_byte, len(text))
+        return [(int(char_of_byte[s]), int(char_of_byte[e - 1]) + 1 if e > s else int(char_of_byte[s])) for s, e in zip(starts, ends)]
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.llama._model.token_get_text(token_id) if 0 <= token_id < self.vocab_size else None
+
+
+def open_tokenizer(path: str | Path) -> TextTokenizer:
+    """A .gguf model's vocabulary, or a tokenizer.json."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        return GgufTokenizer(path)
+    return HFTokenizer(load_tokenizer(path), str(path))
