@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
+from curate.llm.server import GEMMA_NAME
 from indexes.build import DEFAULT_SHARD_TOKENS
 from indexes.contamination import DEFAULT_NGRAM
 from indexes.dedup import DEFAULT_MIN_TOKENS
+from indexes.neural import DEFAULT_CONTEXT
 from indexes.server import QUERY_TYPES
 
 
@@ -24,7 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     index = sub.add_parser("index", help="infini-gram suffix-array indexes").add_subparsers(required=True, metavar="ACTION")
     build = index.add_parser("build", help="tokenize documents and build the suffix-array index")
     build.add_argument("--input", nargs="+", required=True, help="Parquet shards (e.g. OUT/kept) or JSON Lines files")
-    build.add_argument("--tokenizer", required=True, help="a tokenizer.json")
+    build.add_argument("--tokenizer", required=True, help="a tokenizer.json, or a .gguf model whose vocabulary gives the ids (gemma-3-270m: the packaged Gemma 3 270M)")
     build.add_argument("--out", required=True, help="index directory")
     build.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
@@ -57,6 +59,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dedup.add_argument("--out", help="write the per-document result as Parquet here (default: JSON lines on stdout)")
     dedup.set_defaults(func=_index_dedup)
 
+    ppl = index.add_parser("perplexity", help="neural vs ∞-gram-interpolated perplexity (λ fitted on held-out text)")
+    ppl.add_argument("index_dir", help="an index built with the model's tokenizer (--tokenizer MODEL.gguf)")
+    ppl.add_argument("--heldout", nargs="+", required=True, help="documents to fit the two λs on (.jsonl, .jsonl.gz, .parquet)")
+    ppl.add_argument("--eval", nargs="+", required=True, help="documents to report perplexities on")
+    ppl.add_argument("--model", help="a .gguf model (default: the packaged Gemma 3 270M)")
+    ppl.add_argument("--max-docs", type=int, help="use the first N documents of --heldout and of --eval")
+    ppl.add_argument("--max-tokens", type=int, help="score each document's first N tokens")
+    ppl.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help=f"the model's window in tokens (default {DEFAULT_CONTEXT}; longer documents: windows overlapping by half)")
+    ppl.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
+    ppl.add_argument("--json", action="store_true", help="print the report as JSON")
+    ppl.set_defaults(func=_index_perplexity)
+
 
 def _tokenizer_train(args) -> int:
     from curate.documents import read_texts
@@ -69,8 +83,10 @@ def _tokenizer_train(args) -> int:
 
 def _index_build(args) -> int:
     from indexes.build import build_index
+    from indexes.neural import resolve_model
 
-    build_index(args.input, args.tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    tokenizer = resolve_model(args.tokenizer) if args.tokenizer == GEMMA_NAME else args.tokenizer
+    build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
@@ -141,3 +157,60 @@ def _index_dedup(args) -> int:
     removed = sum(table.column("removed_tokens").to_pylist())
     print(f"{removed:,} repeated tokens to remove in {sum(1 for r in table.column('removed_tokens').to_pylist() if r)} of {table.num_rows} documents", file=sys.stderr)
     return 0
+
+
+def _index_perplexity(args) -> int:
+    from itertools import islice
+
+    from curate.documents import expand_inputs, read_texts
+    from indexes.engine import Engine
+    from indexes.neural import NeuralModel
+    from indexes.perplexity import check_same_tokenizer, fit_lambdas, score_documents, summarize
+
+    for name in ("max_docs", "max_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    expand_inputs(args.heldout + args.eval)  # missing files fail now, not after minutes of scoring
+    engine = Engine(args.index_dir)
+    model = NeuralModel(args.model, args.context, args.threads)
+    check_same_tokenizer(engine, model)
+
+    def scores(files: list[str], label: str) -> dict:
+        texts = list(islice((d["text"] for d in read_texts(files)), args.max_docs))
+        print(f"{label}: scoring {len(texts)} documents", file=sys.stderr)
+        return score_documents(engine, model, texts, args.max_tokens, log=lambda m: print(f"{label} {m}", file=sys.stderr))
+
+    heldout = scores(args.heldout, "held-out")
+    lambdas = fit_lambdas(heldout, heldout["neural"])
+    report = {
+        "index": str(args.index_dir),
+        "index_tokens": engine.card["tokens"],
+        "model": model.path,
+        "context": model.context,
+        "lambda_sparse": lambdas[0],
+        "lambda_non_sparse": lambdas[1],
+        "heldout": summarize(heldout, lambdas),
+        "eval": summarize(scores(args.eval, "eval"), lambdas),
+    }
+    print(json.dumps(report, indent=2) if args.json else _perplexity_text(report))
+    return 0
+
+
+def _perplexity_text(r: dict) -> str:
+    lines = [
+        f"index {r['index']} ({r['index_tokens']:,} tokens), model {r['model']}, context {r['context']}",
+        f"λ fitted on {r['heldout']['tokens']:,} held-out tokens ({r['heldout']['documents']} documents): sparse {r['lambda_sparse']:.2f}, non-sparse {r['lambda_non_sparse']:.2f}",
+    ]
+    for name in ("heldout", "eval"):
+        s = r[name]
+        change = s["interpolated_perplexity"] / s["neural_perplexity"] - 1
+        sparse_correct = "" if s["sparse_correct_fraction"] is None else f", {s['sparse_correct_fraction']:.1%} of them right"
+        lines += [
+            f"{'held-out' if name == 'heldout' else 'eval'}: {s['documents']} documents, {s['tokens']:,} tokens",
+            f"  neural perplexity        {s['neural_perplexity']:10.3f}",
+            f"  interpolated perplexity  {s['interpolated_perplexity']:10.3f}  ({change:+.1%})",
+            f"  ∞-gram sparse estimates  {s['sparse_fraction']:10.1%}  of tokens{sparse_correct}",
+            f"  ∞-gram P(token) > 0      {s['infgram_nonzero_fraction']:10.1%}  of tokens",
+            f"  mean ∞-gram suffix       {s['mean_suffix_len']:10.2f}  tokens",
+        ]
+    return "\n".join(lines)

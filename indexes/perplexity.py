@@ -8,10 +8,15 @@ and one for the rest, fitted on held-out text (Liu et al., 2024).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
 from indexes import kernels
 from indexes.engine import Engine
+from indexes.neural import NeuralModel
+from indexes.tokenizer import fingerprint
 
 LAMBDA_GRID = np.linspace(0.0, 0.99, 100)
 
@@ -45,6 +50,54 @@ def interpolated_perplexity(infgram: dict, neural_probs: np.ndarray, lambdas: tu
     lam = np.where(infgram["sparse"], lambdas[0], lambdas[1])
     mixed = lam * infgram["prob"] + (1 - lam) * np.asarray(neural_probs, float)
     return float(np.exp(-np.mean(np.log(mixed))))
+
+
+def check_same_tokenizer(engine: Engine, model: NeuralModel) -> None:
+    """The index's ids must be the model's ids, or the two probabilities are of different tokens."""
+    if engine.tokenizer is None:
+        raise ValueError(f"{engine.index_dir} was built without a tokenizer; build it with `curate index build --tokenizer {model.path}`")
+    if fingerprint(engine.tokenizer) != fingerprint(model.tokenizer):
+        raise ValueError(
+            f"{engine.index_dir} was tokenized with {engine.tokenizer.source} (vocabulary {engine.tokenizer.vocab_size:,}), "
+            f"which gives other ids than the model {model.path} (vocabulary {model.tokenizer.vocab_size:,}); "
+            f"rebuild the index with `curate index build --tokenizer {model.path}`"
+        )
+
+
+def score_documents(engine: Engine, model: NeuralModel, texts: Iterable[str], max_tokens: int | None = None, log: Callable[[str], None] = print) -> dict:
+    """∞-gram scores (`infgram_token_probs`) plus `neural` probabilities of tokens 1..n-1 of each
+    document (its first `max_tokens` tokens), concatenated over documents."""
+    parts = []
+    for k, text in enumerate(texts, 1):
+        ids = engine.tokenize(text)[:max_tokens]
+        if len(ids) < 2:
+            continue
+        t0 = time.perf_counter()
+        scores = infgram_token_probs(engine, ids) | {"neural": model.token_probs(ids)}
+        parts.append(scores)
+        log(f"document {k}: {len(ids) - 1:,} tokens scored in {time.perf_counter() - t0:.1f} s (neural perplexity {_ppl(scores['neural']):.2f})")
+    if not parts:
+        raise ValueError("no document has two or more tokens to score")
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} | {"documents": len(parts)}
+
+
+def summarize(scores: dict, lambdas: tuple[float, float]) -> dict:
+    """Neural and interpolated perplexity, and how much of the text the ∞-gram covers."""
+    sparse, p = scores["sparse"], scores["prob"]
+    return {
+        "documents": scores["documents"],
+        "tokens": int(p.size),
+        "neural_perplexity": _ppl(scores["neural"]),
+        "interpolated_perplexity": interpolated_perplexity(scores, scores["neural"], lambdas),
+        "sparse_fraction": float(sparse.mean()),
+        "sparse_correct_fraction": float((p[sparse] == 1.0).mean()) if sparse.any() else None,  # of the sparse estimates
+        "infgram_nonzero_fraction": float((p > 0).mean()),
+        "mean_suffix_len": float(scores["suffix_len"].mean()),
+    }
+
+
+def _ppl(probs: np.ndarray) -> float:
+    return float(np.exp(-np.mean(np.log(probs))))
 
 
 def _is_sparse(engine: Engine, suffix: list[int]) -> bool:
