@@ -44,13 +44,14 @@ class NeuralModel:
             raise ValueError(f"--context must be at least 4 tokens, got {context}")
         self.path = resolve_model(model)
         self.context = context
+        threads = threads or os.cpu_count()
         self.llama = Llama(
             model_path=self.path,
             n_ctx=context,
-            n_batch=context,  # one decode per window
+            n_batch=context,  # one decode per window: llama.cpp's rounding depends on the batch shape
             logits_all=True,
-            n_threads=threads or os.cpu_count(),
-            n_threads_batch=threads or os.cpu_count(),
+            n_threads=threads,
+            n_threads_batch=threads,
             verbose=False,
         )
         atexit.register(self.llama.close)  # before interpreter shutdown tears llama.cpp's module down
