@@ -1,10 +1,15 @@
 """Index benchmark: curate against the infini-gram 2.6.0 wheel, on the same tokenized files.
 
-    .venv/bin/python benchmarks/index.py [--sizes 1e6,1e7,1e8] [--queries 1000]
+    .venv/bin/python benchmarks/index.py [--sizes 1e6,1e7,1e8] [--queries 1000] [--corpus chunks]
 
-Corpus: the shipped web and wiki samples, tokenized with a byte-level BPE (vocab 32,000). Larger
-shards are made by drawing random 64-token chunks of that text (with replacement) into
-documents of 200-2,000 tokens, so 10M and 100M tokens are real text, repeated and shuffled.
+Corpora, tokenized with a byte-level BPE (vocab 32,000) trained on the shipped web and wiki samples:
+- `chunks` (default): documents of 3-31 random 64-token chunks (drawn with replacement) of the
+  shipped samples, so 10M and 100M tokens are real text, repeated and shuffled in short pieces;
+- `python-source`: the .py files of this environment's site-packages, one document per file in
+  path order, up to the size asked: real files, with the long exact duplicates (vendored copies,
+  licence headers, generated code) that an undeduplicated corpus has. The tables may differ
+  there: infini-gram's merge compares suffixes only up to 100 KB, so suffixes that share a
+  longer prefix can come out of order; curate's order is checked on sampled neighbours.
 
 Build: wall time and peak RSS of a fresh process that writes table.0 from tokenized.0 — curate's
 `build_suffix_array` (pydivsufsort, one core) against `python -m infini_gram.indexing`
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +54,22 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries per type for latency")
     parser.add_argument("--parallel-shards", type=int, default=2, help="also build the largest size as this many shards, sorted at once (0: skip)")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
+    parser.add_argument("--corpus", choices=["chunks", "python-source"], default="chunks", help="what the shards hold (see above)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="curate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
     tokenizer_path, pool = tokenized_pool(work)
-    print(f"corpus pool: {pool.size:,} real tokens; machine: {os.cpu_count()} cores\n")
-    print(f"{'tokens':>12} {'curate s':>9} {'infini-gram s':>14} {'speedup':>8} {'curate tok/s':>13} {'curate RSS MB':>14} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17}")
+    print(f"corpus: {args.corpus}; pool of shipped text: {pool.size:,} tokens; machine: {os.cpu_count()} cores\n")
+    print(f"{'tokens':>12} {'curate s':>9} {'infini-gram s':>14} {'speedup':>8} {'curate tok/s':>13} {'curate RSS MB':>14} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17} {'curate sorted':>14}")
     rows = [(n, 1) for n in sizes] + ([(max(sizes), args.parallel_shards)] if args.parallel_shards > 1 else [])
     for n, shards in rows:
         ours_dir, ref_dir = work / f"ours-{n}-{shards}", work / f"ref-{n}-{shards}"
-        write_shards(pool, n, ours_dir, tokenizer_path, shards)
+        if args.corpus == "chunks":
+            write_shards(pool, n, ours_dir, tokenizer_path, shards, chunk_documents(pool, n))
+        else:
+            write_shards(pool, n, ours_dir, tokenizer_path, shards, source_documents(tokenizer_path))
         shutil.rmtree(ref_dir, ignore_errors=True)
         shutil.copytree(ours_dir, ref_dir, ignore=shutil.ignore_patterns("table.*"))
         sort_all = f"from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(ours_dir)!r}, s, 2), range({shards})))"
@@ -67,8 +77,9 @@ def main() -> None:
         ref = timed([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", str(shards), "--ulimit", "4096"])
         files = sum(f.stat().st_size for f in ours_dir.glob("*.[0-9]*"))
         identical = all((ours_dir / f"table.{s}").read_bytes() == (ref_dir / f"table.{s}").read_bytes() for s in range(shards))
+        ordered = all(sorted_neighbours(ours_dir, s) for s in range(shards))
         label = f"{n:,}" if shards == 1 else f"{shards}x{n // shards:,}"
-        print(f"{label:>12} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17}")
+        print(f"{label:>12} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17} {str(ordered):>14}")
         shutil.rmtree(ref_dir)
         if (n, shards) != (max(sizes), 1):
             shutil.rmtree(ours_dir)
@@ -91,19 +102,36 @@ def tokenized_pool(work: Path) -> tuple[Path, np.ndarray]:
     return tokenizer_path, np.concatenate(ids)
 
 
-def write_shards(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path, shards: int) -> None:
+def chunk_documents(pool: np.ndarray, n: int) -> Iterator[np.ndarray]:
+    """Endless documents of 3-31 random 64-token chunks of the pool (seeded by the size)."""
+    rng = np.random.default_rng(n)
+    chunks = pool.size // CHUNK
+    while True:
+        picks = rng.integers(0, chunks, size=int(rng.integers(3, 32))) * CHUNK
+        yield np.concatenate([pool[p : p + CHUNK] for p in picks])
+
+
+def source_documents(tokenizer_path: Path) -> Iterator[np.ndarray]:
+    """The .py files of this environment's site-packages, tokenized, one document per file."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    files = sorted(Path(np.__file__).parents[1].rglob("*.py"))
+    for i in range(0, len(files), 256):
+        texts = [f.read_text(encoding="utf-8", errors="replace") for f in files[i : i + 256]]
+        for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
+            yield np.asarray(encoding.ids, np.uint16)
+    raise SystemExit(f"site-packages holds fewer tokens than asked ({len(files):,} files)")
+
+
+def write_shards(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path, shards: int, documents: Iterator[np.ndarray]) -> None:
     """tokenized.{s}/offset.{s} of about n/shards tokens each (separators included) plus a card,
     no tables yet."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    rng = np.random.default_rng(n)
-    chunks = pool.size // CHUNK
     tokens = docs = 0
     for s in range(shards):
         writer = ShardWriter(out_dir, s, 2)
         while writer.tokens < n // shards:
-            picks = rng.integers(0, chunks, size=int(rng.integers(3, 32))) * CHUNK
-            writer.add(np.concatenate([pool[p : p + CHUNK] for p in picks]))
+            writer.add(next(documents))
         writer.close()
         tokens, docs = tokens + writer.tokens, docs + writer.docs
         for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
@@ -111,6 +139,29 @@ def write_shards(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path, 
     tokenizer = load_tokenizer(tokenizer_path)
     card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": find_eos_token_id(tokenizer), "shards": shards, "tokens": tokens, "documents": docs, "tokenizer": None}
     (out_dir / CARD_NAME).write_text(json.dumps(card))
+
+
+def sorted_neighbours(index_dir: Path, s: int, samples: int = 2000) -> bool:
+    """Whether 2,000 random neighbouring entries of curate's table are in memcmp order."""
+    ds = np.fromfile(index_dir / f"tokenized.{s}", np.uint8).tobytes()
+    table = np.fromfile(index_dir / f"table.{s}", np.uint8)
+    pointers = table.reshape(-1, table.size * 2 // len(ds))
+    ranks = np.random.default_rng(s).integers(0, len(pointers) - 1, samples)
+    return all(_suffix_less(ds, _pointer(pointers[r]), _pointer(pointers[r + 1])) for r in ranks)
+
+
+def _pointer(entry: np.ndarray) -> int:
+    return int.from_bytes(entry.tobytes(), "little")
+
+
+def _suffix_less(ds: bytes, a: int, b: int) -> bool:
+    """ds[a:] < ds[b:] without copying whole suffixes: compare growing prefixes."""
+    length = 1024
+    while True:
+        x, y = ds[a : a + length], ds[b : b + length]
+        if x != y or len(x) < length or len(y) < length:
+            return x < y
+        length *= 2
 
 
 def timed(command: list[str]) -> dict:
