@@ -1,18 +1,21 @@
 """LLM stages, own logic with test doubles: the HTTP transport's retries and failure marking (a
-scripted aiohttp server), and DataMan selection on made-up ratings."""
+scripted aiohttp server), WRAP's regrouping of vLLM's per-prompt rows, and DataMan selection on
+made-up ratings."""
 
 import asyncio
 import json
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from aiohttp import web
 
 from curate.llm import selection
 from curate.llm.config import SelectConfig
-from curate.llm.engine import NO_REQUEST, Transport
+from curate.llm.engine import ANSWER, ERROR, MANY, NO_REQUEST, PROMPT, TOKENS, Transport
 from curate.llm.server import free_port
+from curate.llm.stages import WRAP_CHUNKS, _assemble_rephrases, _row_per_document, _row_per_prompt
 
 
 def _completion(text: str) -> dict:
@@ -68,6 +71,49 @@ def test_transport_marks_an_unreachable_endpoint():
 
     reply = asyncio.run(go())
     assert reply["answer"] is None and "after 2 attempts: ClientConnectorError" in reply["error"]
+
+
+def test_transport_asks_many_prompts_of_a_row_and_marks_the_one_that_failed():
+    seen = []
+
+    async def chat(request):
+        body = await request.json()
+        seen.append(body)
+        prompt = body["messages"][-1]["content"]
+        return web.Response(status=400, text="refused") if prompt == "two" else web.json_response(_completion(prompt.upper()))
+
+    payload = {"model": "m", "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": ""}], MANY: json.dumps(["one", "two", "three"])}
+    [reply] = asyncio.run(_exchange([web.post("/chat", chat)], [("/chat", payload)]))
+    assert json.loads(reply["answer"]) == ["ONE", None, "THREE"] and reply["tokens"] == 6
+    errors = json.loads(reply["error"])
+    assert errors[0] is None and errors[2] is None and "after 1 attempts: HTTP 400: refused" in errors[1]
+    assert len(seen) == 3 and all(MANY not in b and b["messages"][0] == {"role": "system", "content": "sys"} for b in seen)
+
+
+def test_vllm_rows_regroup_into_the_documents_many_gives():
+    """vLLM asks one prompt per row: the rows of a document come back together in prompt order,
+    whatever order the engine returns them in, and assemble like the HTTP backends' rows."""
+    docs = pa.table({
+        "_shard": [0, 0], "input_row": [0, 1], "text": ["a", "b"], WRAP_CHUNKS: [2, 0],
+        PROMPT: pa.array([json.dumps(["e0", "e1", "q0", "q1"]), None], pa.large_string()),
+    })  # fmt: skip
+    rows = _row_per_prompt(docs)
+    assert rows[PROMPT].to_pylist() == ["e0", "e1", "q0", "q1", None]
+    answers = [f"Said simply {p}." if p != "q1" else None for p in rows[PROMPT].to_pylist()]
+    errors = [None, None, None, "engine failed", None]
+    rows = rows.append_column(ANSWER, pa.array(answers, pa.large_string())).append_column(ERROR, pa.array(errors, pa.string()))
+    rows = rows.append_column(TOKENS, pa.array([3, 3, 3, 0, 0], pa.int64()))
+    shuffled = rows.take([3, 0, 2, 1])  # document 0's rows, out of order
+    doc0 = _row_per_document(shuffled)
+    assert json.loads(doc0[ANSWER][0].as_py()) == ["Said simply e0.", "Said simply e1.", "Said simply q0.", None]
+    assert json.loads(doc0[ERROR][0].as_py())[3] == "engine failed" and doc0[TOKENS][0].as_py() == 9
+    doc1 = _row_per_document(rows.slice(4, 1))
+    assert doc1[ANSWER][0].as_py() is None and doc1[ERROR][0].as_py() is None
+    out = _assemble_rephrases(pa.concat_tables([doc0, doc1]), styles=["easy", "qa"]).to_pylist()
+    assert out[0]["wrap_easy"] == "Said simply e0.\nSaid simply e1." and out[0]["wrap_qa"] is None
+    assert out[0]["wrap_error"] == "qa: chunk 1: engine failed" and out[0]["wrap_tokens"] == 9
+    assert out[1]["wrap_easy"] is None and out[1]["wrap_error"] is None
+    assert {"text", "_shard"} <= set(out[0]) and not {PROMPT, ANSWER, ERROR, TOKENS, WRAP_CHUNKS} & set(out[0])
 
 
 def _ratings(n=400, seed=0) -> pl.DataFrame:

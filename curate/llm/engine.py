@@ -2,8 +2,12 @@
 
 Rows carry their request in PROMPT (the user message; null: no request for this row) and come
 out with ANSWER (the generated text), ERROR (why there is no answer) and TOKENS (tokens
-generated), every input column kept, one row out per row in. The HTTP backends (`local`,
-`openai`) use `HttpRequestProcessorConfig` with `Transport` as its session: requests of a batch
+generated), every input column kept, one row out per row in. With `many`, PROMPT is a JSON list
+of user messages asked independently, ANSWER the JSON list of their answers (null where one
+failed) and ERROR, when any failed, the JSON list of reasons: a document's requests then travel
+as one row, so no shuffle is needed to put its answers back together (HTTP backends only).
+
+The HTTP backends (`local`, `openai`) use `HttpRequestProcessorConfig` with `Transport` as its session: requests of a batch
 run concurrently, failures are retried with exponential backoff, and a request that still fails
 becomes that row's ERROR instead of failing the job. `vllm` uses `vLLMEngineProcessorConfig`
 (imported only then) with `should_continue_on_error`.
@@ -26,18 +30,21 @@ KEYS = "_llm_keys"  # the columns a row had before the processor, so only they a
 SCHEMA = "_llm_schema"  # the Arrow schema of the row's batch before the processor
 SKIP = "row needs no request"
 NO_REQUEST = "curate_no_request"  # payload marker: Transport answers it without a call, never sends it
+MANY = "curate_prompts"  # payload field: a JSON list of user messages Transport asks one by one, never sent
 RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
 
 
-def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float):
+def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
     """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring). Processors pass rows
     through Python dicts, which loses column types (an all-null column comes back typed null),
     so each row carries its batch's schema across and gets it back after."""
     ds = ds.map_batches(_remember_schema, batch_format="pyarrow", num_cpus=cpu_share)
     if engine.backend == "vllm":
+        if many:
+            raise ValueError("vLLM's processor asks one prompt per row: explode the rows instead of `many`")
         ds = _vllm_pass(ds, engine, sampling, system, cpu_share)
     else:
-        ds = _http_pass(ds, engine, url, model, sampling, system, cpu_share)
+        ds = _http_pass(ds, engine, url, model, sampling, system, cpu_share, many)
     return ds.map_batches(_restore_schema, batch_format="pyarrow", num_cpus=cpu_share)
 
 
@@ -59,7 +66,7 @@ def _restore_schema(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def _http_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float):
+def _http_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(
@@ -74,7 +81,8 @@ def _http_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[s
     def preprocess(row: dict) -> dict:
         # every payload has the same fields (Ray cannot combine blocks whose structs differ)
         prompt = row[PROMPT]
-        payload = {"model": model, "messages": _messages(system, prompt or ""), **sampling, NO_REQUEST: prompt is None}
+        user = "" if many else prompt or ""
+        payload = {"model": model, "messages": _messages(system, user), **sampling, NO_REQUEST: prompt is None, MANY: prompt if many and prompt else ""}
         return {"payload": payload, KEYS: list(row)}
 
     def postprocess(row: dict) -> dict:
@@ -163,7 +171,8 @@ class Transport:
     """The HTTP stage's client session: each request starts at once (a batch's requests run
     concurrently), is retried with exponential backoff on connection errors and retryable
     statuses, and always ends in a body `{answer, error, tokens}`; a payload marked NO_REQUEST (a
-    row with nothing to ask) is answered without a network call."""
+    row with nothing to ask) is answered without a network call, and one with MANY prompts asks
+    each of them (at once) in place of its last message."""
 
     def __init__(self, max_retries: int, timeout_s: float, backoff_s: float = 1.0):
         self.max_retries, self.backoff_s = max_retries, backoff_s
@@ -180,8 +189,20 @@ class Transport:
 
     async def _post(self, url: str, headers: dict, data: str) -> _Reply:
         payload = json.loads(data)
+        prompts = payload.pop(MANY, "")
         if payload.pop(NO_REQUEST, False):
             return _Reply({"answer": None, "error": None, "tokens": 0})
+        if not prompts:
+            return _Reply(await self._ask(url, headers, payload))
+        context = payload["messages"][:-1]
+        replies = await asyncio.gather(*(self._ask(url, headers, {**payload, "messages": [*context, {"role": "user", "content": p}]}) for p in json.loads(prompts)))
+        errors = [r["error"] for r in replies]
+        return _Reply({
+            "answer": json.dumps([r["answer"] for r in replies]), "error": json.dumps(errors) if any(errors) else None,
+            "tokens": sum(r["tokens"] for r in replies),
+        })  # fmt: skip
+
+    async def _ask(self, url: str, headers: dict, payload: dict) -> dict:
         data = json.dumps(payload)
         problem = ""
         for attempt in range(self.max_retries + 1):
@@ -191,13 +212,13 @@ class Transport:
                 async with self.session.post(url, headers=headers, data=data) as response:
                     text = await response.text()
                     if response.status == 200:
-                        return _Reply(_read_completion(text))
+                        return _read_completion(text)
                     problem = f"HTTP {response.status}: {text[:500]}"
                     if response.status not in RETRYABLE:
                         break
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 problem = f"{type(e).__name__}: {e}"
-        return _Reply({"answer": None, "error": f"request failed after {attempt + 1} attempts: {problem}", "tokens": 0})
+        return {"answer": None, "error": f"request failed after {attempt + 1} attempts: {problem}", "tokens": 0}
 
 
 def _read_completion(text: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,10 +54,10 @@ class LLMStage(Stage):
             self.url, self.model = server.url, server.name
             yield
 
-    def generate(self, ds, sampling: dict[str, Any], system: str | None, cpu_share: float):
+    def generate(self, ds, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
         if self.config.backend in ("local", "openai") and not self.url:
             raise RuntimeError(f"stage {self.name}: no endpoint; run the plan inside `with stage.serving():`")
-        return generation_pass(ds, self.config, self.url, self.model, sampling, system, cpu_share)
+        return generation_pass(ds, self.config, self.url, self.model, sampling, system, cpu_share, many)
 
 
 # ---------------------------------------------------------------- rephrase (WRAP)
@@ -66,7 +67,11 @@ class RephraseStage(LLMStage):
     """WRAP: every valid document is cut into ~300-token chunks at sentence boundaries, each
     chunk rephrased in each style, the cleaned rephrases joined in order into `wrap_<style>`.
     A style whose chunk failed or was discarded leaves `wrap_<style>` null and says why in
-    `wrap_error`."""
+    `wrap_error`.
+
+    With the HTTP backends a document's requests travel as one row (Transport asks them all at
+    once), so the plan needs no shuffle. vLLM's processor takes one prompt per row: there the
+    rows are exploded and regrouped by document (a groupby, i.e. a shuffle)."""
 
     name = "rephrase"
 
@@ -78,11 +83,16 @@ class RephraseStage(LLMStage):
         self.score_columns = ("wrap_error", "wrap_tokens")
 
     def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
-        explode = functools.partial(_chunk_requests, styles=self.styles, template=self.config.template, tokenizer=self.tokenizer, chunk_tokens=self.config.chunk_tokens)
-        ds = ds.map_batches(explode, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
-        ds = self.generate(ds, self.config.sampling.model_dump(), None, cpu_share)
-        assemble = functools.partial(_assemble_document, styles=self.styles)
-        return ds.groupby("_wrap_doc", num_partitions=workers).map_groups(assemble, batch_format="pyarrow", num_cpus=cpu_share)
+        requests = functools.partial(_wrap_requests, styles=self.styles, template=self.config.template, tokenizer=self.tokenizer, chunk_tokens=self.config.chunk_tokens)
+        ds = ds.map_batches(requests, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
+        sampling = self.config.sampling.model_dump()
+        if self.config.backend == "vllm":
+            ds = ds.map_batches(_row_per_prompt, batch_format="pyarrow", num_cpus=cpu_share)
+            ds = self.generate(ds, sampling, None, cpu_share)
+            ds = ds.groupby(WRAP_DOC, num_partitions=workers).map_groups(_row_per_document, batch_format="pyarrow", num_cpus=cpu_share)
+        else:
+            ds = self.generate(ds, sampling, None, cpu_share, many=True)
+        return ds.map_batches(functools.partial(_assemble_rephrases, styles=self.styles), batch_format="pyarrow", num_cpus=cpu_share)
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         failed = int(scores["wrap_error"].is_not_null().sum()) if len(scores) else 0
@@ -115,59 +125,79 @@ class RephraseStage(LLMStage):
         return pool.with_columns(_order=pl.Series(order, dtype=pl.Binary)).sort("_order").head(wanted).drop("_order")
 
 
-def _doc_key(batch: pa.Table) -> list[str]:
-    return [f"{s}:{r}" for s, r in zip(batch["_shard"].to_pylist(), batch["input_row"].to_pylist())]
+WRAP_CHUNKS, WRAP_DOC, WRAP_PROMPT = "_wrap_chunks", "_wrap_doc", "_wrap_prompt"
 
 
-def _chunk_requests(batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int) -> pa.Table:
-    """One row per (style, chunk) of each valid document, one request-less row per other row."""
+def _wrap_requests(batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int) -> pa.Table:
+    """Per valid document, its chunks and the JSON list of its prompts, style by style then chunk
+    by chunk (null PROMPT: nothing to ask)."""
     tok = load_tokenizer(tokenizer)
-    texts, errors = batch["text"].to_pylist(), batch["error"].to_pylist()
-    take, style_col, chunk_col, count_col, prompts = [], [], [], [], []
-    for i, (text, error) in enumerate(zip(texts, errors)):
+    counts, prompts = [], []
+    for text, error in zip(batch["text"].to_pylist(), batch["error"].to_pylist()):
         chunks = chunk_text(text, tok, chunk_tokens) if error is None and text else []
-        if not chunks:
-            take.append(i), style_col.append(None), chunk_col.append(0), count_col.append(0), prompts.append(None)
-        for style in styles if chunks else []:
-            for j, chunk in enumerate(chunks):
-                take.append(i), style_col.append(style), chunk_col.append(j), count_col.append(len(chunks))
-                prompts.append(wrap_prompt(style, chunk, template))
-    out = batch.append_column("_wrap_doc", pa.array(_doc_key(batch), pa.string())).take(pa.array(take, pa.int64()))
-    for name, values, typ in [("_wrap_style", style_col, pa.string()), ("_wrap_chunk", chunk_col, pa.int64()), ("_wrap_chunks", count_col, pa.int64()), (PROMPT, prompts, pa.string())]:
-        out = out.append_column(name, pa.array(values, typ))
-    return out
+        counts.append(len(chunks))
+        prompts.append(json.dumps([wrap_prompt(style, chunk, template) for style in styles for chunk in chunks]) if chunks else None)
+    return batch.append_column(WRAP_CHUNKS, pa.array(counts, pa.int64())).append_column(PROMPT, pa.array(prompts, pa.large_string()))
 
 
-def _assemble_document(group: pa.Table, styles: list[str]) -> pa.Table:
-    """A document's rows back into one: per style, its chunks' cleaned rephrases in order."""
-    rows = group.sort_by([("_wrap_style", "ascending"), ("_wrap_chunk", "ascending")]).to_pylist()
-    done: dict[str, str | None] = {}
+def _row_per_prompt(batch: pa.Table) -> pa.Table:
+    """vLLM: one row per prompt (a document without any keeps one request-less row), keyed by
+    document and position."""
+    keys = [f"{s}:{r}" for s, r in zip(batch["_shard"].to_pylist(), batch["input_row"].to_pylist())]
+    take, position, prompts = [], [], []
+    for i, listed in enumerate(batch[PROMPT].to_pylist()):
+        for k, prompt in enumerate(json.loads(listed) if listed else [None]):
+            take.append(i), position.append(k), prompts.append(prompt)
+    out = batch.append_column(WRAP_DOC, pa.array(keys, pa.string())).take(pa.array(take, pa.int64()))
+    out = out.set_column(out.schema.get_field_index(PROMPT), PROMPT, pa.array(prompts, pa.large_string()))
+    return out.append_column(WRAP_PROMPT, pa.array(position, pa.int64()))
+
+
+def _row_per_document(group: pa.Table) -> pa.Table:
+    """vLLM: a document's answered rows back into one, with the JSON lists `many` gives."""
+    rows = group.sort_by(WRAP_PROMPT)
+    asked = rows[PROMPT][0].as_py() is not None
+    answers, errors = rows[ANSWER].to_pylist(), rows[ERROR].to_pylist()
+    first = rows.slice(0, 1).drop_columns([WRAP_DOC, WRAP_PROMPT])
+    for name, value, typ in [
+        (ANSWER, json.dumps(answers) if asked else None, pa.large_string()),
+        (ERROR, json.dumps(errors) if asked and any(errors) else None, pa.string()),
+        (TOKENS, int(pc.sum(rows[TOKENS]).as_py() or 0), pa.int64()),
+    ]:
+        first = first.set_column(first.schema.get_field_index(name), name, pa.array([value], typ))
+    return first
+
+
+def _assemble_rephrases(batch: pa.Table, styles: list[str]) -> pa.Table:
+    """Per document and style: its chunks' cleaned rephrases joined in order, or why not."""
+    texts = {style: [] for style in styles}
     problems = []
+    for n, answers, errors in zip(batch[WRAP_CHUNKS].to_pylist(), batch[ANSWER].to_pylist(), batch[ERROR].to_pylist()):
+        answers = json.loads(answers) if answers else []
+        errors = json.loads(errors) if errors else [None] * len(answers)
+        why_not = []
+        for s, style in enumerate(styles):
+            cleaned, why = [], None
+            for j in range(n):
+                k = s * n + j
+                answer, error = (answers[k], errors[k]) if k < len(answers) else (None, None)
+                if error is not None or answer is None:
+                    why = f"chunk {j}: {error or 'no answer came back'}"
+                    break
+                try:
+                    cleaned.append(wrap.clean_rephrase(answer))
+                except wrap.Discarded as e:
+                    why = f"chunk {j} discarded: {e}"
+                    break
+            texts[style].append(wrap.join_rephrases(cleaned) if n and why is None else None)
+            if why:
+                why_not.append(f"{style}: {why}")
+        problems.append("; ".join(why_not) or None)
+    out = batch.drop_columns([WRAP_CHUNKS, *GENERATION_COLUMNS])
     for style in styles:
-        parts = [r for r in rows if r["_wrap_style"] == style]
-        if not parts:
-            done[style] = None
-            continue
-        cleaned, why = [], None
-        for r in parts:
-            if r[ERROR] is not None:
-                why = f"chunk {r['_wrap_chunk']}: {r[ERROR]}"
-                break
-            try:
-                cleaned.append(wrap.clean_rephrase(r[ANSWER]))
-            except wrap.Discarded as e:
-                why = f"chunk {r['_wrap_chunk']} discarded: {e}"
-                break
-        if why is None and len(cleaned) != parts[0]["_wrap_chunks"]:
-            why = f"{len(cleaned)} of {parts[0]['_wrap_chunks']} chunks came back"
-        done[style] = None if why else wrap.join_rephrases(cleaned)
-        if why:
-            problems.append(f"{style}: {why}")
-    first = group.slice(0, 1).drop_columns(["_wrap_doc", "_wrap_style", "_wrap_chunk", "_wrap_chunks", *GENERATION_COLUMNS])
-    for style in styles:
-        first = first.append_column(f"wrap_{style}", pa.array([done[style]], pa.large_string()))
-    first = first.append_column("wrap_error", pa.array(["; ".join(problems) or None], pa.string()))
-    return first.append_column("wrap_tokens", pa.array([int(pc.sum(group[TOKENS]).as_py() or 0)], pa.int64()))
+        out = out.append_column(f"wrap_{style}", pa.array(texts[style], pa.large_string()))
+    out = out.append_column("wrap_error", pa.array(problems, pa.string()))
+    return out.append_column("wrap_tokens", batch[TOKENS].cast(pa.int64()))
 
 
 # ---------------------------------------------------------------- rate (DataMan)
