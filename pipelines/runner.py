@@ -164,7 +164,9 @@ def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: 
     for stage in stages:
         ds = stage.plan(ds, workers=workers, batch_docs=job.batch_docs, cpu_share=share)
     sink = _ShardSink(work, len(pending), log)
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    # no prefetching: with it Ray Data hands over a block only once the next one exists, so the
+    # shard that finishes last but one would wait for the slowest (an LLM shard) to be written
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         sink.add(batch)
     if sink.open:
         raise RuntimeError(f"shards {sorted(sink.open)} ended incomplete")

@@ -203,3 +203,55 @@ def test_a_failing_endpoint_marks_rows_and_loses_none(tmp_path):
     assert rejected["dataman_overall"].is_null().all()
     assert rejected["dataman_error"].str.contains("request failed after 2 attempts: ClientConnectorError").all()
     assert rejected["reject_reason"].str.starts_with("not rated by DataMan: request failed").all()
+
+
+def test_rephrased_shards_are_written_while_another_waits_for_answers(tmp_path):
+    """A document's WRAP requests travel as one row (no shuffle) and the runner takes each block
+    as it comes, so a finished shard is written while another shard's requests are unanswered:
+    the endpoint (a scripted OpenAI-style server) answers the first shard it is asked about at
+    once and holds the other shard's requests until a shard file exists. Behind a shuffle, or
+    with the iterator's one-block lookahead, none could, and the hold would time out."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    work = tmp_path / "out" / "work"
+    seen = {"first": None, "held": 0, "a_shard_was_written": []}
+
+    async def chat(request):
+        prompt = (await request.json())["messages"][-1]["content"]
+        group = "zebra" if "zebra" in prompt else "river"  # the two shards' documents
+        seen["first"] = seen["first"] or group
+        if group != seen["first"]:
+            seen["held"] += 1
+            for _ in range(300):
+                if any(work.glob("shard-*.parquet")):
+                    break
+                await asyncio.sleep(0.1)
+            seen["a_shard_was_written"].append(any(work.glob("shard-*.parquet")))
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Put simply, it is a short text."}}], "usage": {"completion_tokens": 8}})
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(web.Application())
+    runner.app.add_routes([web.post("/v1/chat/completions", chat)])
+    port = free_port()
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    texts = ["A short note about rivers.", "Bridges cross rivers.", "A zebra has stripes.", "Every zebra grazes."]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    job = {
+        "name": "llm-stream", "inputs": [{"path": str(tmp_path / "docs.jsonl")}], "shard_docs": 2, "batch_docs": 2, "workers": 1,
+        "stages": [{"rephrase": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1", "llm": "scripted", "tokenizer": gemma_path(), "styles": ["easy", "qa"], "batch_size": 2}}],
+    }  # fmt: skip
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    try:
+        m = run_job(load_job(tmp_path / "job.yaml"), out=tmp_path / "out")
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+    assert seen["held"] == 4 and all(seen["a_shard_was_written"])
+    assert m["input"] == m["kept"] == 4 and m["synthetic"] == 4
+    kept = _read(tmp_path / "out", "kept")
+    assert kept.filter(pl.col("parent_id").is_not_null())["text"].to_list() == ["Put simply, it is a short text."] * 4

@@ -70,8 +70,9 @@ class RephraseStage(LLMStage):
     `wrap_error`.
 
     With the HTTP backends a document's requests travel as one row (Transport asks them all at
-    once), so the plan needs no shuffle. vLLM's processor takes one prompt per row: there the
-    rows are exploded and regrouped by document (a groupby, i.e. a shuffle)."""
+    once), so the plan needs no shuffle and a shard is written as soon as its documents are
+    answered. vLLM's processor takes one prompt per row: there the rows are exploded and
+    regrouped by document (a groupby, i.e. a shuffle, so shards are written at the end)."""
 
     name = "rephrase"
 
