@@ -67,9 +67,9 @@ def main() -> None:
     for n, shards in rows:
         ours_dir, ref_dir = work / f"ours-{n}-{shards}", work / f"ref-{n}-{shards}"
         if args.corpus == "chunks":
-            write_shards(pool, n, ours_dir, tokenizer_path, shards, chunk_documents(pool, n))
+            write_shards(n, ours_dir, tokenizer_path, shards, chunk_documents(pool, n))
         else:
-            write_shards(pool, n, ours_dir, tokenizer_path, shards, source_documents(tokenizer_path))
+            write_shards(n, ours_dir, tokenizer_path, shards, source_documents(tokenizer_path))
         shutil.rmtree(ref_dir, ignore_errors=True)
         shutil.copytree(ours_dir, ref_dir, ignore=shutil.ignore_patterns("table.*"))
         sort_all = f"from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(ours_dir)!r}, s, 2), range({shards})))"
@@ -122,7 +122,7 @@ def source_documents(tokenizer_path: Path) -> Iterator[np.ndarray]:
     raise SystemExit(f"site-packages holds fewer tokens than asked ({len(files):,} files)")
 
 
-def write_shards(pool: np.ndarray, n: int, out_dir: Path, tokenizer_path: Path, shards: int, documents: Iterator[np.ndarray]) -> None:
+def write_shards(n: int, out_dir: Path, tokenizer_path: Path, shards: int, documents: Iterator[np.ndarray]) -> None:
     """tokenized.{s}/offset.{s} of about n/shards tokens each (separators included) plus a card,
     no tables yet."""
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -7,10 +7,10 @@ of user messages asked independently, ANSWER the JSON list of their answers (nul
 failed) and ERROR, when any failed, the JSON list of reasons: a document's requests then travel
 as one row, so no shuffle is needed to put its answers back together (HTTP backends only).
 
-The HTTP backends (`local`, `openai`) use `HttpRequestProcessorConfig` with `Transport` as its session: requests of a batch
-run concurrently, failures are retried with exponential backoff, and a request that still fails
-becomes that row's ERROR instead of failing the job. `vllm` uses `vLLMEngineProcessorConfig`
-(imported only then) with `should_continue_on_error`.
+The HTTP backends (`local`, `openai`) use `HttpRequestProcessorConfig` with `Transport` as its
+session: requests of a batch run concurrently, failures are retried with exponential backoff,
+and a request that still fails becomes that row's ERROR instead of failing the job. `vllm` uses
+`vLLMEngineProcessorConfig` (imported only then) with `should_continue_on_error`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ KEYS = "_llm_keys"  # the columns a row had before the processor, so only they a
 SCHEMA = "_llm_schema"  # the Arrow schema of the row's batch before the processor
 SKIP = "row needs no request"
 NO_REQUEST = "curate_no_request"  # payload marker: Transport answers it without a call, never sends it
-MANY = "curate_prompts"  # payload field: a JSON list of user messages Transport asks one by one, never sent
+MANY = "curate_prompts"  # payload field: a JSON list of user messages Transport asks at once, never sent
 RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
 
 
