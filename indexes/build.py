@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from curate.documents import expand_inputs, read_texts
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
-from indexes.suffix_array import build_suffix_array
+from indexes.suffix_array import SORTERS, build_suffix_array
 from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 DEFAULT_SHARD_TOKENS = 500_000_000
@@ -92,14 +92,15 @@ def build_index(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     log=print,
+    sorter: str = "auto",
 ) -> dict:
     """Index documents (Parquet shards such as a run's `kept/*.parquet`, or JSON Lines) and return
     the index card. `tokenizer_path`: a tokenizer.json, or a .gguf model whose vocabulary gives
     the ids (so a neural model can be scored against the index). Shards are suffix-sorted in
-    parallel as Ray tasks."""
+    parallel as Ray tasks with `sorter` (see indexes/suffix_array.py)."""
     tokenizer = open_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
-    return write_index(documents, out_dir, tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, shard_tokens, overwrite, log)
+    return write_index(documents, out_dir, tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, shard_tokens, overwrite, log, sorter)
 
 
 def _encode(docs: Iterator[dict], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], dict]]:
@@ -126,6 +127,7 @@ def write_index(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     log=print,
+    sorter: str = "auto",
 ) -> dict:
     """Index already tokenized documents given as (token ids, metadata) pairs. Without a
     tokenizer the index answers token-id queries only. A tokenizer.json is copied into the index;
@@ -135,6 +137,8 @@ def write_index(
     width = token_width_for_vocab(vocab_size)
     if shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
+    if sorter not in SORTERS:
+        raise ValueError(f"unknown sorter {sorter!r}: choose one of {', '.join(SORTERS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
@@ -153,7 +157,7 @@ def write_index(
     def close(writer: ShardWriter) -> None:
         writer.close()
         writers.append(writer)
-        pending.append(sort_task.remote(str(work), writer.s, width))
+        pending.append(sort_task.remote(str(work), writer.s, width, sorter))
         log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
 
     try:
@@ -169,7 +173,7 @@ def write_index(
             close(writer)
         if not writers:
             raise ValueError("no documents to index")
-        ray.get(pending)
+        sorters_used = sorted(set(ray.get(pending)))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -184,6 +188,7 @@ def write_index(
         "documents": sum(w.docs for w in writers),
         "tokenizer": _card_tokenizer(tokenizer),
         "tokenizer_fingerprint": fingerprint(tokenizer) if tokenizer else None,
+        "sorter": ", ".join(sorters_used),
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
     if card["tokenizer"] == TOKENIZER_NAME:

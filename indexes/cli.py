@@ -12,6 +12,7 @@ from indexes.contamination import DEFAULT_NGRAM
 from indexes.dedup import DEFAULT_MIN_TOKENS
 from indexes.neural import DEFAULT_CONTEXT
 from indexes.server import QUERY_TYPES
+from indexes.suffix_array import SORTERS
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--tokenizer", required=True, help="a tokenizer.json, or a .gguf model whose vocabulary gives the ids (gemma-3-270m: the packaged Gemma 3 270M)")
     build.add_argument("--out", required=True, help="index directory")
     build.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
+    build.add_argument("--sorter", choices=SORTERS, default="auto", help="suffix sorter: libsais over the token alphabet, or pydivsufsort over the bytes (same table; default auto: libsais when `make setup` built it)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.set_defaults(func=_index_build)
 
@@ -86,7 +88,7 @@ def _index_build(args) -> int:
     from indexes.neural import resolve_model
 
     tokenizer = resolve_model(args.tokenizer) if args.tokenizer == GEMMA_NAME else args.tokenizer
-    build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr), sorter=args.sorter)
     return 0
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from indexes import kernels
-from indexes.layout import IndexFormatError, Shard, open_shards, read_card
+from indexes.layout import IndexFormatError, read_card
+from indexes.shards import Shard, open_shards
 from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 CNF_SEED = 19260817

@@ -1,37 +1,107 @@
-"""The suffix array of one shard, in infini-gram's `table.{s}` format (kept light to import: a
-Ray task or a benchmark process loads only numpy, pydivsufsort and the packing kernel)."""
+"""The suffix array of one shard, in infini-gram's `table.{s}` format.
+
+Two sorters give byte-identical tables:
+- `libsais`: libsais over the token alphabet (indexes/sort_shard.c, compiled by `make setup`),
+  one symbol per token, so half the suffixes of a byte-level sort; the faster one;
+- `pydivsufsort`: libdivsufsort over the little-endian bytes, keeping the token-aligned entries;
+  needs no compiled part of ours and takes shards of any size.
+`auto` takes libsais when it is built and the shard fits its 32-bit limits. Kept light to import:
+a Ray task or a benchmark process that sorts with libsais loads only the standard library.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
-import time
+from functools import cache
 from pathlib import Path
 
-import numpy as np
-from pydivsufsort import divsufsort
-
-from indexes.kernels import pack_even_pointers
 from indexes.layout import pointer_width, shard_path
 
+SORTERS = ("auto", "libsais", "pydivsufsort")
+SORT_SHARD_SOURCE = Path(__file__).with_name("sort_shard.c")
+LIBSAIS_CACHE = Path.home() / ".cache" / "curate" / "libsais"
+LIBSAIS_MAX_TOKENS = 2**30  # sort_shard.c sorts with 32-bit indices and keeps room beside them
 
-def build_suffix_array(index_dir: str | Path, s: int, token_width: int) -> float:
-    """Write `table.{s}`: pydivsufsort over the little-endian bytes, token-aligned entries packed
-    to ceil(log2(bytes)/8) bytes each. This equals infini-gram's order (memcmp of the LE bytes).
-    Returns the seconds spent."""
-    t0 = time.perf_counter()
+_SORT_ERRORS = {
+    1: "cannot read it (missing or empty)",
+    2: "its size is not a multiple of the token width",
+    3: f"it has more than {LIBSAIS_MAX_TOKENS:,} tokens (use --sorter pydivsufsort or smaller shards)",
+    4: "out of memory",
+    5: "libsais failed",
+    6: "cannot write the table",
+    7: "it holds token ids of 2^24 or more (use --sorter pydivsufsort)",
+}
+
+
+class SortError(RuntimeError):
+    """A shard that could not be suffix-sorted."""
+
+
+def sort_shard_library() -> Path:
+    """Where `make setup` puts the compiled sort_shard.c: named by the source's hash, so an edited
+    source is never run through a stale build."""
+    digest = hashlib.sha256(SORT_SHARD_SOURCE.read_bytes()).hexdigest()[:12]
+    return LIBSAIS_CACHE / f"sort_shard-{digest}.so"
+
+
+@cache
+def _sort_shard_function():
+    path = sort_shard_library()
+    if not path.is_file():
+        raise SortError(f"{path} is not built: run `make setup` (or pass --sorter pydivsufsort)")
+    function = ctypes.CDLL(str(path)).curate_sort_shard
+    function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def choose_sorter(sorter: str, tokens: int) -> str:
+    """The sorter that `sorter` means for a shard of `tokens` tokens."""
+    if sorter not in SORTERS:
+        raise ValueError(f"unknown sorter {sorter!r}: choose one of {', '.join(SORTERS)}")
+    if sorter != "auto":
+        return sorter
+    return "libsais" if sort_shard_library().is_file() and tokens <= LIBSAIS_MAX_TOKENS else "pydivsufsort"
+
+
+def build_suffix_array(index_dir: str | Path, s: int, token_width: int, sorter: str = "auto") -> str:
+    """Write `table.{s}`: the token-aligned suffixes of `tokenized.{s}` in the memcmp order of its
+    little-endian bytes, as byte offsets in ceil(log2(bytes)/8) bytes each. Returns the sorter used."""
     index_dir = Path(index_dir)
-    ds = np.fromfile(shard_path(index_dir, "tokenized", s), dtype=np.uint8)
-    if ds.size == 0:
-        raise ValueError(f"shard {s} is empty")
-    byte_sa = divsufsort(ds)
-    pw = pointer_width(ds.size)
-    n = ds.size // token_width
+    tokenized = shard_path(index_dir, "tokenized", s)
+    size = tokenized.stat().st_size
+    if size == 0:
+        raise SortError(f"{tokenized}: the shard is empty")
     tmp = shard_path(index_dir, "table", s).with_name(f".partial-{s}")
-    table = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n * pw,))
+    sorter = choose_sorter(sorter, size // token_width)
+    try:
+        if sorter == "libsais":
+            status = _sort_shard_function()(os.fsencode(tokenized), os.fsencode(tmp), token_width, pointer_width(size))
+            if status != 0:
+                raise SortError(f"{tokenized}: {_SORT_ERRORS.get(status, f'error {status}')}")
+        else:
+            _sort_bytes(tokenized, tmp, token_width, pointer_width(size))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, shard_path(index_dir, "table", s))
+    return sorter
+
+
+def _sort_bytes(tokenized: Path, table_path: Path, token_width: int, pw: int) -> None:
+    """pydivsufsort over the little-endian bytes, token-aligned entries packed to `pw` bytes."""
+    import numpy as np
+    from pydivsufsort import divsufsort
+
+    from indexes.kernels import pack_even_pointers
+
+    ds = np.fromfile(tokenized, dtype=np.uint8)
+    byte_sa = divsufsort(ds)
+    n = ds.size // token_width
+    table = np.memmap(table_path, dtype=np.uint8, mode="w+", shape=(n * pw,))
     written = pack_even_pointers(byte_sa, token_width, pw, table)
     if written != n:
-        raise RuntimeError(f"shard {s}: packed {written} suffixes, expected {n}")
+        raise SortError(f"{tokenized}: packed {written} suffixes, expected {n}")
     table.flush()
-    del table, byte_sa
-    os.replace(tmp, shard_path(index_dir, "table", s))
-    return time.perf_counter() - t0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian machine: system packages, the venv, the package, and
-# KenLM's lmplz/build_binary compiled from the PyPI kenlm source package into a cache.
+# KenLM's lmplz/build_binary compiled from the PyPI kenlm source package into a cache, and the
+# libsais suffix sorter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,4 +54,23 @@ if [ ! -x "$KENLM_CACHE/bin/lmplz" ] || [ ! -x "$KENLM_CACHE/bin/build_binary" ]
   cp "$work/build/bin/lmplz" "$work/build/bin/build_binary" "$KENLM_CACHE/bin/"
   rm -rf "$work"
 fi
-echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin"
+# The libsais suffix sorter (indexes/sort_shard.c) against libsais.h as the bzip3 source package
+# on PyPI ships it; the library is named by the source's hash (see indexes/suffix_array.py).
+LIBSAIS_CACHE=$HOME/.cache/curate/libsais
+BZIP3_SDIST_SHA256=1c49413d2c1de7290f46774786372036dd05ec7675886aa451aa1362effbf4cb
+sort_shard_lib="$LIBSAIS_CACHE/sort_shard-$(sha256sum indexes/sort_shard.c | cut -c1-12).so"
+if [ ! -f "$sort_shard_lib" ]; then
+  step "compiling indexes/sort_shard.c with libsais into $LIBSAIS_CACHE"
+  if [ ! -f "$LIBSAIS_CACHE/include/libsais.h" ]; then
+    work=$(mktemp -d)
+    "$VENV/bin/pip" download -q --no-deps --no-binary bzip3 bzip3==0.1.4 -d "$work"
+    echo "$BZIP3_SDIST_SHA256  $work/bzip3-0.1.4.tar.gz" | sha256sum -c --quiet
+    mkdir -p "$LIBSAIS_CACHE/include"
+    tar -xzf "$work/bzip3-0.1.4.tar.gz" -C "$LIBSAIS_CACHE/include" --strip-components=3 bzip3-0.1.4/dep/include/libsais.h bzip3-0.1.4/dep/include/common.h
+    rm -rf "$work"
+  fi
+  rm -f "$LIBSAIS_CACHE"/sort_shard-*.so  # builds of earlier sources
+  gcc -O2 -shared -fPIC -I"$LIBSAIS_CACHE/include" indexes/sort_shard.c -o "$sort_shard_lib.tmp"
+  mv "$sort_shard_lib.tmp" "$sort_shard_lib"
+fi
+echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin, $sort_shard_lib"

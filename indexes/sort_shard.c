@@ -1,0 +1,168 @@
+/* The suffix array of one infini-gram shard, sorted over its token alphabet with libsais.
+
+   infini-gram orders suffixes by memcmp of the little-endian bytes. Token by token that is the
+   numeric order of the byte-swapped ids, so ranking the ids in that order and handing libsais_int
+   one symbol per token gives the same table as a byte-level sort that keeps the aligned entries,
+   with half the suffixes to sort. The separator (all bytes 0xFF) ranks last, as in memcmp.
+
+   Built by scripts/setup.sh against libsais.h (Apache-2.0, Ilya Grebnov) as shipped in the
+   bzip3 0.1.4 source package on PyPI; loaded by indexes/suffix_array.py with ctypes. */
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "libsais.h"
+
+enum {
+    SORT_OK = 0,
+    SORT_READ_FAILED = 1,
+    SORT_BAD_SIZE = 2,
+    SORT_TOO_LARGE = 3,
+    SORT_NO_MEMORY = 4,
+    SORT_LIBSAIS_FAILED = 5,
+    SORT_WRITE_FAILED = 6,
+    SORT_IDS_TOO_LARGE = 7,
+};
+
+#define MAX_TOKENS (1 << 30)      /* LIBSAIS_MAX_TOKENS in suffix_array.py: 32-bit indices plus room */
+#define MAX_ID_SPACE (1u << 24) /* larger ids than any vocabulary: the rank table stays small */
+#define WRITE_BATCH (1 << 20)
+
+static u32 memcmp_key(u32 id, int width) {
+    return width == 2 ? (u32)__builtin_bswap16((u16)id) : __builtin_bswap32(id);
+}
+
+static int by_memcmp_key_u16(const void *a, const void *b) {
+    u32 x = memcmp_key(*(const u32 *)a, 2), y = memcmp_key(*(const u32 *)b, 2);
+    return (x > y) - (x < y);
+}
+
+static int by_memcmp_key_u32(const void *a, const void *b) {
+    u32 x = memcmp_key(*(const u32 *)a, 4), y = memcmp_key(*(const u32 *)b, 4);
+    return (x > y) - (x < y);
+}
+
+/* The ranks in memcmp order of the ids marked in present[0..id_space); the separator, absent
+   from `present`, gets the rank after them all. Returns the alphabet size or -SORT_NO_MEMORY. */
+static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_separator, s32 *rank) {
+    u32 *ids = malloc((size_t)id_space * sizeof(u32));
+    if (ids == NULL) return -SORT_NO_MEMORY;
+    s32 k = 0;
+    for (u32 t = 0; t < id_space; t++) {
+        if (present[t]) ids[k++] = t;
+    }
+    qsort(ids, (size_t)k, sizeof(u32), width == 2 ? by_memcmp_key_u16 : by_memcmp_key_u32);
+    for (s32 r = 0; r < k; r++) rank[ids[r]] = r;
+    free(ids);
+    return k + has_separator;
+}
+
+/* One pass per loop below, specialised by token type so the compiler keeps them tight. The
+   tokenized files are little-endian and so is every host the engine runs on. */
+#define RANK_TOKENS(T, SEPARATOR)                                                               \
+    static s32 rank_tokens_##T(const T *tokens, s32 n, int width, s32 *symbols) {               \
+        T max_id = 0;                                                                           \
+        for (s32 i = 0; i < n; i++) {                                                           \
+            if (tokens[i] != SEPARATOR && tokens[i] > max_id) max_id = tokens[i];               \
+        }                                                                                       \
+        if ((u64)max_id >= MAX_ID_SPACE) return -SORT_IDS_TOO_LARGE;                            \
+        u32 id_space = (u32)max_id + 1;                                                         \
+        u8 *present = calloc(id_space, 1);                                                      \
+        s32 *rank = malloc(((size_t)id_space + 1) * sizeof(s32));                               \
+        if (present == NULL || rank == NULL) {                                                  \
+            free(present), free(rank);                                                          \
+            return -SORT_NO_MEMORY;                                                             \
+        }                                                                                       \
+        int has_separator = 0;                                                                  \
+        for (s32 i = 0; i < n; i++) {                                                           \
+            if (tokens[i] == SEPARATOR) has_separator = 1;                                      \
+            else present[tokens[i]] = 1;                                                        \
+        }                                                                                       \
+        s32 k = rank_present_ids(present, id_space, width, has_separator, rank);                \
+        if (k >= 0) {                                                                           \
+            rank[id_space] = k - 1; /* the separator's rank, used only when it occurs */        \
+            for (s32 i = 0; i < n; i++) {                                                       \
+                symbols[i] = rank[tokens[i] == SEPARATOR ? id_space : tokens[i]];               \
+            }                                                                                   \
+        }                                                                                       \
+        free(present), free(rank);                                                              \
+        return k;                                                                               \
+    }
+
+RANK_TOKENS(u16, 0xFFFFu)
+RANK_TOKENS(u32, 0xFFFFFFFFu)
+
+/* Replace each token by its rank among the shard's distinct ids in memcmp order; returns the
+   alphabet size, or a negative SORT_ code. */
+static s32 rank_tokens(const void *ds, s32 n, int width, s32 *symbols) {
+    return width == 2 ? rank_tokens_u16(ds, n, width, symbols) : rank_tokens_u32(ds, n, width, symbols);
+}
+
+/* Write each suffix's byte offset in `pointer_width` little-endian bytes. */
+static int write_table(const s32 *sa, s32 n, int width, int pointer_width, const char *table_path) {
+    FILE *out = fopen(table_path, "wb");
+    if (out == NULL) return SORT_WRITE_FAILED;
+    u8 *buffer = malloc((size_t)WRITE_BATCH * pointer_width);
+    if (buffer == NULL) {
+        fclose(out);
+        return SORT_NO_MEMORY;
+    }
+    int status = SORT_OK;
+    for (s32 start = 0; start < n && status == SORT_OK; start += WRITE_BATCH) {
+        s32 count = n - start < WRITE_BATCH ? n - start : WRITE_BATCH;
+        for (s32 j = 0; j < count; j++) {
+            u64 pointer = (u64)sa[start + j] * (u64)width; /* little-endian: its low bytes first */
+            memcpy(buffer + (size_t)j * pointer_width, &pointer, (size_t)pointer_width);
+        }
+        if (fwrite(buffer, (size_t)pointer_width, (size_t)count, out) != (size_t)count) status = SORT_WRITE_FAILED;
+    }
+    free(buffer);
+    if (fclose(out) != 0 && status == SORT_OK) status = SORT_WRITE_FAILED;
+    return status;
+}
+
+/* Sort the shard in `tokenized_path` (token ids of `width` bytes) and write its table. */
+int curate_sort_shard(const char *tokenized_path, const char *table_path, int width, int pointer_width) {
+    int fd = open(tokenized_path, O_RDONLY);
+    if (fd < 0) return SORT_READ_FAILED;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size == 0) {
+        close(fd);
+        return SORT_READ_FAILED;
+    }
+    if (st.st_size % width != 0) {
+        close(fd);
+        return SORT_BAD_SIZE;
+    }
+    if (st.st_size / width > MAX_TOKENS) {
+        close(fd);
+        return SORT_TOO_LARGE;
+    }
+    const s32 n = (s32)(st.st_size / width);
+    const u8 *ds = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (ds == MAP_FAILED) return SORT_READ_FAILED;
+
+    int status = SORT_OK;
+    s32 *symbols = malloc((size_t)n * sizeof(s32));
+    s32 *sa = NULL;
+    s32 k = symbols == NULL ? -SORT_NO_MEMORY : rank_tokens(ds, n, width, symbols);
+    munmap((void *)ds, (size_t)st.st_size);
+    if (k < 0) {
+        status = -k;
+    } else {
+        /* Free space after the array lets libsais keep its bucket tables there (faster). */
+        long long room = (long long)INT32_MAX - n;
+        s32 free_space = 6LL * k < room ? 6 * k : (s32)room;
+        sa = malloc(((size_t)n + (size_t)free_space) * sizeof(s32));
+        if (sa == NULL) status = SORT_NO_MEMORY;
+        else if (libsais_int(symbols, sa, n, k, free_space) != 0) status = SORT_LIBSAIS_FAILED;
+    }
+    free(symbols);
+    if (status == SORT_OK) status = write_table(sa, n, width, pointer_width, table_path);
+    free(sa);
+    return status;
+}
