@@ -1,6 +1,6 @@
 """Index benchmark: curate against the infini-gram 2.6.0 wheel, on the same tokenized files.
 
-    .venv/bin/python benchmarks/index.py [--sizes 1e6,1e7,1e8] [--queries 1000] [--corpus chunks]
+    .venv/bin/python benchmarks/index.py [--sizes 1e6,1e7,1e8] [--queries 1000] [--repeat 3] [--corpus chunks]
 
 Corpora, tokenized with a byte-level BPE (vocab 32,000) trained on the shipped web and wiki samples:
 - `chunks` (default): documents of 3-31 random 64-token chunks (drawn with replacement) of the
@@ -12,10 +12,11 @@ Corpora, tokenized with a byte-level BPE (vocab 32,000) trained on the shipped w
   longer prefix can come out of order; curate's order is checked on sampled neighbours.
 
 Build: wall time and peak RSS of a fresh process that writes table.0 from tokenized.0 — curate's
-`build_suffix_array` (pydivsufsort, one core) against `python -m infini_gram.indexing`
-(rust_indexing make-part/merge/concat, all cores). A last row builds the largest size as two
-shards: curate sorts them at once (one thread each, as its Ray tasks do, Ray start-up excluded),
-infini-gram one after the other with all cores each. Queries: p50/p95 latency of count, prob, ntd and
+`build_suffix_array` with each sorter (libsais over the tokens, one core; pydivsufsort over the
+bytes, its OpenMP threads) against `python -m infini_gram.indexing` (rust_indexing
+make-part/merge/concat, all cores); `speedup` is libsais's. A last row builds the largest size as
+two shards: curate sorts them at once (one thread each, as its Ray tasks do, Ray start-up
+excluded), infini-gram one after the other with all cores each. Queries: p50/p95 latency of count, prob, ntd and
 infgram_prob through each engine's Python API on the same index (infini-gram with prefetching
 off), and batched count throughput against the engine's one-query loop. Ratios are
 baseline / curate for speed (above 1 = curate faster) and curate / baseline for latency.
@@ -28,11 +29,12 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries per type for latency")
     parser.add_argument("--parallel-shards", type=int, default=2, help="also build the largest size as this many shards, sorted at once (0: skip)")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
+    parser.add_argument("--repeat", type=int, default=3, help="builds per side and size; the median is reported")
     parser.add_argument("--corpus", choices=["chunks", "python-source"], default="chunks", help="what the shards hold (see above)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -62,25 +65,35 @@ def main() -> None:
 
     tokenizer_path, pool = tokenized_pool(work)
     print(f"corpus: {args.corpus}; pool of shipped text: {pool.size:,} tokens; machine: {os.cpu_count()} cores\n")
-    print(f"{'tokens':>12} {'curate s':>9} {'infini-gram s':>14} {'speedup':>8} {'curate tok/s':>13} {'curate RSS MB':>14} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17} {'curate sorted':>14}")
+    print(f"{'tokens':>12} {'libsais s':>10} {'pydivsufsort s':>15} {'infini-gram s':>14} {'speedup':>8} {'speedup pydss':>14} {'curate tok/s':>13} {'RSS MB':>7} {'pydss RSS MB':>13} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17} {'sorters agree':>14} {'curate sorted':>14}")
     rows = [(n, 1) for n in sizes] + ([(max(sizes), args.parallel_shards)] if args.parallel_shards > 1 else [])
     for n, shards in rows:
-        ours_dir, ref_dir = work / f"ours-{n}-{shards}", work / f"ref-{n}-{shards}"
+        ours_dir, pydss_dir, ref_dir = (work / f"{side}-{n}-{shards}" for side in ("ours", "pydss", "ref"))
         if args.corpus == "chunks":
             write_shards(n, ours_dir, tokenizer_path, shards, chunk_documents(pool, n))
         else:
             write_shards(n, ours_dir, tokenizer_path, shards, source_documents(tokenizer_path))
-        shutil.rmtree(ref_dir, ignore_errors=True)
-        shutil.copytree(ours_dir, ref_dir, ignore=shutil.ignore_patterns("table.*"))
-        sort_all = f"from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(ours_dir)!r}, s, 2), range({shards})))"
-        ours = timed([sys.executable, "-c", sort_all])
-        ref = timed([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", str(shards), "--ulimit", "4096"])
+        for copy in (pydss_dir, ref_dir):
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(ours_dir, copy, ignore=shutil.ignore_patterns("table.*"))
+        rust_indexing = [sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", str(shards), "--ulimit", "4096"]
+        times = timed_interleaved(
+            {
+                "ours": (sort_command(ours_dir, shards, "libsais"), lambda: None),
+                "pydss": (sort_command(pydss_dir, shards, "pydivsufsort"), lambda: None),
+                "ref": (rust_indexing, lambda: [p.unlink() for p in ref_dir.glob("table.*")]),
+            },
+            args.repeat,
+        )
+        ours, pydss, ref = times["ours"], times["pydss"], times["ref"]
         files = sum(f.stat().st_size for f in ours_dir.glob("*.[0-9]*"))
         identical = all((ours_dir / f"table.{s}").read_bytes() == (ref_dir / f"table.{s}").read_bytes() for s in range(shards))
+        agree = all((ours_dir / f"table.{s}").read_bytes() == (pydss_dir / f"table.{s}").read_bytes() for s in range(shards))
         ordered = all(sorted_neighbours(ours_dir, s) for s in range(shards))
         label = f"{n:,}" if shards == 1 else f"{shards}x{n // shards:,}"
-        print(f"{label:>12} {ours['seconds']:>9.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>14.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17} {str(ordered):>14}")
+        print(f"{label:>12} {ours['seconds']:>10.2f} {pydss['seconds']:>15.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {ref['seconds'] / pydss['seconds']:>14.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>7.0f} {pydss['rss_mb']:>13.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17} {str(agree):>14} {str(ordered):>14}")
         shutil.rmtree(ref_dir)
+        shutil.rmtree(pydss_dir)
         if (n, shards) != (max(sizes), 1):
             shutil.rmtree(ours_dir)
 
@@ -164,14 +177,30 @@ def _suffix_less(ds: bytes, a: int, b: int) -> bool:
         length *= 2
 
 
-def timed(command: list[str]) -> dict:
-    """Wall seconds and peak RSS (the largest process of the tree) of a command."""
-    t0 = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if result.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return {"seconds": seconds, "rss_mb": int(result.stderr.strip().splitlines()[-1]) / 1024}
+def sort_command(index_dir: Path, shards: int, sorter: str) -> list[str]:
+    """A fresh process that writes every table.{s} of `index_dir`, the shards sorted at once."""
+    code = (
+        "from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; "
+        f"list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(index_dir)!r}, s, 2, {sorter!r}), range({shards})))"
+    )
+    return [sys.executable, "-c", code]
+
+
+def timed_interleaved(commands: dict[str, tuple[list[str], Callable[[], object]]], repeat: int) -> dict[str, dict]:
+    """Per named command: median wall seconds of `repeat` runs and peak RSS (the largest process of
+    the tree). The commands take turns, so a slow spell of the machine hits every side alike; each
+    one's `before` runs ahead of it, untimed."""
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, (command, before) in commands.items():
+            before()
+            t0 = time.perf_counter()
+            result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=REPO, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if result.returncode != 0:
+                raise RuntimeError(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            runs[name].append({"seconds": seconds, "rss_mb": int(result.stderr.strip().splitlines()[-1]) / 1024})
+    return {name: {"seconds": statistics.median(r["seconds"] for r in rs), "rss_mb": max(r["rss_mb"] for r in rs)} for name, rs in runs.items()}
 
 
 def query_benchmark(index_dir: Path, queries: int) -> None:

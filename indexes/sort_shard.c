@@ -65,6 +65,7 @@ static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_
 #define RANK_TOKENS(T, SEPARATOR)                                                               \
     static s32 rank_tokens_##T(const T *tokens, s32 n, int width, s32 *symbols) {               \
         T max_id = 0;                                                                           \
+        _Pragma("omp parallel for reduction(max : max_id)")                                     \
         for (s32 i = 0; i < n; i++) {                                                           \
             if (tokens[i] != SEPARATOR && tokens[i] > max_id) max_id = tokens[i];               \
         }                                                                                       \
@@ -84,6 +85,7 @@ static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_
         s32 k = rank_present_ids(present, id_space, width, has_separator, rank);                \
         if (k >= 0) {                                                                           \
             rank[id_space] = k - 1; /* the separator's rank, used only when it occurs */        \
+            _Pragma("omp parallel for")                                                         \
             for (s32 i = 0; i < n; i++) {                                                       \
                 symbols[i] = rank[tokens[i] == SEPARATOR ? id_space : tokens[i]];               \
             }                                                                                   \
@@ -101,26 +103,37 @@ static s32 rank_tokens(const void *ds, s32 n, int width, s32 *symbols) {
     return width == 2 ? rank_tokens_u16(ds, n, width, symbols) : rank_tokens_u32(ds, n, width, symbols);
 }
 
-/* Write each suffix's byte offset in `pointer_width` little-endian bytes. */
+/* Write each suffix's byte offset in `pointer_width` little-endian bytes, in blocks that the
+   threads convert and write at their own offsets. */
 static int write_table(const s32 *sa, s32 n, int width, int pointer_width, const char *table_path) {
-    FILE *out = fopen(table_path, "wb");
-    if (out == NULL) return SORT_WRITE_FAILED;
-    u8 *buffer = malloc((size_t)WRITE_BATCH * pointer_width);
-    if (buffer == NULL) {
-        fclose(out);
-        return SORT_NO_MEMORY;
-    }
+    int fd = open(table_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return SORT_WRITE_FAILED;
     int status = SORT_OK;
-    for (s32 start = 0; start < n && status == SORT_OK; start += WRITE_BATCH) {
-        s32 count = n - start < WRITE_BATCH ? n - start : WRITE_BATCH;
-        for (s32 j = 0; j < count; j++) {
-            u64 pointer = (u64)sa[start + j] * (u64)width; /* little-endian: its low bytes first */
-            memcpy(buffer + (size_t)j * pointer_width, &pointer, (size_t)pointer_width);
+    const s32 blocks = (n + WRITE_BATCH - 1) / WRITE_BATCH;
+#pragma omp parallel
+    {
+        u8 *buffer = malloc((size_t)WRITE_BATCH * pointer_width);
+        if (buffer == NULL) {
+#pragma omp atomic write
+            status = SORT_NO_MEMORY;
         }
-        if (fwrite(buffer, (size_t)pointer_width, (size_t)count, out) != (size_t)count) status = SORT_WRITE_FAILED;
+#pragma omp for schedule(static, 1)
+        for (s32 b = 0; b < blocks; b++) {
+            if (buffer == NULL) continue;
+            s32 start = b * WRITE_BATCH, count = n - start < WRITE_BATCH ? n - start : WRITE_BATCH;
+            for (s32 j = 0; j < count; j++) {
+                u64 pointer = (u64)sa[start + j] * (u64)width; /* little-endian: its low bytes first */
+                memcpy(buffer + (size_t)j * pointer_width, &pointer, (size_t)pointer_width);
+            }
+            size_t bytes = (size_t)count * pointer_width;
+            if (pwrite(fd, buffer, bytes, (off_t)start * pointer_width) != (ssize_t)bytes) {
+#pragma omp atomic write
+                status = SORT_WRITE_FAILED;
+            }
+        }
+        free(buffer);
     }
-    free(buffer);
-    if (fclose(out) != 0 && status == SORT_OK) status = SORT_WRITE_FAILED;
+    if (close(fd) != 0 && status == SORT_OK) status = SORT_WRITE_FAILED;
     return status;
 }
 

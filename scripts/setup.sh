@@ -70,7 +70,7 @@ if [ ! -f "$sort_shard_lib" ]; then
     rm -rf "$work"
   fi
   rm -f "$LIBSAIS_CACHE"/sort_shard-*.so  # builds of earlier sources
-  gcc -O2 -shared -fPIC -I"$LIBSAIS_CACHE/include" indexes/sort_shard.c -o "$sort_shard_lib.tmp"
+  gcc -O2 -fopenmp -shared -fPIC -I"$LIBSAIS_CACHE/include" indexes/sort_shard.c -o "$sort_shard_lib.tmp"
   mv "$sort_shard_lib.tmp" "$sort_shard_lib"
 fi
 echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin, $sort_shard_lib"
