@@ -179,9 +179,9 @@ def _suffix_less(ds: bytes, a: int, b: int) -> bool:
 
 def sort_command(index_dir: Path, shards: int, sorter: str) -> list[str]:
     """A fresh process that writes every table.{s} of `index_dir`, the shards sorted at once."""
-    code = (
-        "from concurrent.futures import ThreadPoolExecutor; from indexes.suffix_array import build_suffix_array; "
-        f"list(ThreadPoolExecutor({shards}).map(lambda s: build_suffix_array({str(index_dir)!r}, s, 2, {sorter!r}), range({shards})))"
+    sort = f"lambda s: build_suffix_array({str(index_dir)!r}, s, 2, {sorter!r})"
+    code = "from indexes.suffix_array import build_suffix_array; " + (
+        f"({sort})(0)" if shards == 1 else f"from concurrent.futures import ThreadPoolExecutor; list(ThreadPoolExecutor({shards}).map({sort}, range({shards})))"
     )
     return [sys.executable, "-c", code]
 
