@@ -113,6 +113,22 @@ static s32 rank_tokens(const void *ds, s32 n, int width, s32 *symbols) {
     return width == 2 ? rank_tokens_u16(ds, n, width, symbols) : rank_tokens_u32(ds, n, width, symbols);
 }
 
+/* Each suffix's byte offset in `pointer_width` little-endian bytes (the host's order, its low
+   bytes first). The common 4-byte case has a constant size, so each copy is one store. */
+static void encode_pointers(u8 *out, const s32 *sa, s32 count, int width, int pointer_width) {
+    if (pointer_width == 4) {
+        for (s32 j = 0; j < count; j++) {
+            u32 pointer = (u32)sa[j] * (u32)width;
+            memcpy(out + (size_t)j * 4, &pointer, 4);
+        }
+        return;
+    }
+    for (s32 j = 0; j < count; j++) {
+        u64 pointer = (u64)sa[j] * (u64)width;
+        memcpy(out + (size_t)j * pointer_width, &pointer, (size_t)pointer_width);
+    }
+}
+
 /* Write each suffix's byte offset in `pointer_width` little-endian bytes, in blocks that the
    threads convert and write at their own offsets. */
 static int write_table(const s32 *sa, s32 n, int width, int pointer_width, const char *table_path) {
@@ -131,10 +147,7 @@ static int write_table(const s32 *sa, s32 n, int width, int pointer_width, const
         for (s32 b = 0; b < blocks; b++) {
             if (buffer == NULL) continue;
             s32 start = b * WRITE_BATCH, count = n - start < WRITE_BATCH ? n - start : WRITE_BATCH;
-            for (s32 j = 0; j < count; j++) {
-                u64 pointer = (u64)sa[start + j] * (u64)width; /* little-endian: its low bytes first */
-                memcpy(buffer + (size_t)j * pointer_width, &pointer, (size_t)pointer_width);
-            }
+            encode_pointers(buffer, sa + start, count, width, pointer_width);
             size_t bytes = (size_t)count * pointer_width;
             if (pwrite(fd, buffer, bytes, (off_t)start * pointer_width) != (ssize_t)bytes) {
 #pragma omp atomic write
