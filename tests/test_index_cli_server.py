@@ -60,6 +60,16 @@ def test_build_writes_shards_and_card(built):
             assert (built / "ix" / f"{kind}.{s}").stat().st_size > 0
 
 
+def test_build_with_either_sorter_gives_the_same_tables(built, tmp_path):
+    assert json.loads((built / "ix" / "index.json").read_text())["sorter"] == "libsais"  # auto, built by make setup
+    argv = ["index", "build", "--input", str(DATA / "wiki"), "--tokenizer", str(built / "tok.json"), "--out", str(tmp_path / "ix"), "--shard-tokens", "300000"]
+    assert main([*argv, "--sorter", "pydivsufsort"]) == 0
+    card = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert card["sorter"] == "pydivsufsort"
+    for s in range(card["shards"]):
+        assert (tmp_path / "ix" / f"table.{s}").read_bytes() == (built / "ix" / f"table.{s}").read_bytes()
+
+
 def test_cli_query_prints_engine_answers(built, capsys):
     engine = Engine(built / "ix")
     ids = engine.tokenize(" the first")
