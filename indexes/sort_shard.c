@@ -41,17 +41,14 @@ static void *alloc_huge(size_t bytes) {
     return p;
 }
 
-static u32 memcmp_key(u32 id, int width) {
-    return width == 2 ? (u32)__builtin_bswap16((u16)id) : __builtin_bswap32(id);
-}
-
-static int by_memcmp_key_u16(const void *a, const void *b) {
-    u32 x = memcmp_key(*(const u32 *)a, 2), y = memcmp_key(*(const u32 *)b, 2);
+/* Orders of token ids for qsort: the memcmp order of their little-endian bytes. */
+static int by_le_bytes_u16(const void *a, const void *b) {
+    u16 x = __builtin_bswap16((u16)*(const u32 *)a), y = __builtin_bswap16((u16)*(const u32 *)b);
     return (x > y) - (x < y);
 }
 
-static int by_memcmp_key_u32(const void *a, const void *b) {
-    u32 x = memcmp_key(*(const u32 *)a, 4), y = memcmp_key(*(const u32 *)b, 4);
+static int by_le_bytes_u32(const void *a, const void *b) {
+    u32 x = __builtin_bswap32(*(const u32 *)a), y = __builtin_bswap32(*(const u32 *)b);
     return (x > y) - (x < y);
 }
 
@@ -64,7 +61,7 @@ static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_
     for (u32 t = 0; t < id_space; t++) {
         if (present[t]) ids[k++] = t;
     }
-    qsort(ids, (size_t)k, sizeof(u32), width == 2 ? by_memcmp_key_u16 : by_memcmp_key_u32);
+    qsort(ids, (size_t)k, sizeof(u32), width == 2 ? by_le_bytes_u16 : by_le_bytes_u32);
     for (s32 r = 0; r < k; r++) rank[ids[r]] = r;
     free(ids);
     return k + has_separator;
