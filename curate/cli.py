@@ -6,17 +6,17 @@ import argparse
 import json
 import sys
 
-
 from curate.documents import InputError, read_texts
 from curate.llm import cli as llm_cli
 from curate.lm import ModelError
+from indexes.suffix_array import SortError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (InputError, ModelError, ValueError, FileNotFoundError) as e:
+    except (InputError, ModelError, SortError, ValueError, FileNotFoundError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
 

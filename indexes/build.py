@@ -174,6 +174,9 @@ def write_index(
         if not writers:
             raise ValueError("no documents to index")
         sorters_used = sorted(set(ray.get(pending)))
+    except ray.exceptions.RayTaskError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        raise (e.cause or e) from None  # the task's own error, without Ray's remote traceback
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ SORT_SHARD_SOURCE = Path(__file__).with_name("sort_shard.c")
 LIBSAIS_CACHE = Path.home() / ".cache" / "curate" / "libsais"
 LIBSAIS_MAX_TOKENS = 2**30  # sort_shard.c sorts with 32-bit indices and keeps room beside them
 
+IDS_TOO_LARGE = 7  # the one libsais refusal that `auto` answers by sorting the bytes instead
 _SORT_ERRORS = {
     1: "cannot read it (missing or empty)",
     2: "its size is not a multiple of the token width",
@@ -31,7 +32,7 @@ _SORT_ERRORS = {
     4: "out of memory",
     5: "libsais failed",
     6: "cannot write the table",
-    7: "it holds token ids of 2^24 or more (use --sorter pydivsufsort)",
+    IDS_TOO_LARGE: "it holds token ids of 2^24 or more (use --sorter pydivsufsort)",
 }
 
 
@@ -75,19 +76,21 @@ def build_suffix_array(index_dir: str | Path, s: int, token_width: int, sorter: 
     if size == 0:
         raise SortError(f"{tokenized}: the shard is empty")
     tmp = shard_path(index_dir, "table", s).with_name(f".partial-{s}")
-    sorter = choose_sorter(sorter, size // token_width)
+    chosen = choose_sorter(sorter, size // token_width)
     try:
-        if sorter == "libsais":
+        if chosen == "libsais":
             status = _sort_shard_function()(os.fsencode(tokenized), os.fsencode(tmp), token_width, pointer_width(size))
-            if status != 0:
+            if status == IDS_TOO_LARGE and sorter == "auto":
+                chosen = "pydivsufsort"  # ids from hashing or a custom scheme, not a tokenizer's
+            elif status != 0:
                 raise SortError(f"{tokenized}: {_SORT_ERRORS.get(status, f'error {status}')}")
-        else:
+        if chosen == "pydivsufsort":
             _sort_bytes(tokenized, tmp, token_width, pointer_width(size))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, shard_path(index_dir, "table", s))
-    return sorter
+    return chosen
 
 
 def _sort_bytes(tokenized: Path, table_path: Path, token_width: int, pw: int) -> None:

@@ -65,6 +65,18 @@ def test_auto_uses_libsais_when_built_and_falls_back(tmp_path, monkeypatch):
         choose_sorter("quick", 1000)
 
 
+def test_ids_beyond_libsais_rank_table_fall_back_under_auto(tmp_path):
+    docs = [[2**25, 7, 2**30], [7, 2**30, 2**25, 2**25]]  # e.g. hashed ids, not a tokenizer's
+    card = write_index(((d, {}) for d in docs), tmp_path / "auto", vocab_size=2**31, eos_token_id=0, log=lambda m: None)
+    assert card["sorter"] == "pydivsufsort"
+    tokenized = shard_path(tmp_path / "auto", "tokenized", 0).read_bytes()
+    assert shard_path(tmp_path / "auto", "table", 0).read_bytes() == naive_table(tokenized, 4)
+    with pytest.raises(SortError, match="token ids of 2\\^24 or more") as error:
+        write_index(((d, {}) for d in docs), tmp_path / "forced", vocab_size=2**31, eos_token_id=0, log=lambda m: None, sorter="libsais")
+    assert type(error.value) is SortError and "ray::" not in str(error.value)  # the task's error, not Ray's wrapper
+    assert not (tmp_path / "forced").exists() and not (tmp_path / ".forced.building").exists()
+
+
 def test_clear_errors(tmp_path, monkeypatch):
     (tmp_path / "tokenized.0").write_bytes(b"\xff\xff\x01")  # not a whole number of u16 tokens
     with pytest.raises(SortError, match=r"tokenized.0: its size is not a multiple of the token width"):
