@@ -5,7 +5,8 @@ Two sorters give byte-identical tables:
   one symbol per token, so half the suffixes of a byte-level sort; the faster one;
 - `pydivsufsort`: libdivsufsort over the little-endian bytes, keeping the token-aligned entries;
   needs no compiled part of ours and takes shards of any size.
-`auto` takes libsais when it is built and the shard fits its 32-bit limits. Kept light to import:
+`auto` takes libsais when it is built and the shard fits its limits (2^30 tokens, ids below
+2^24), else pydivsufsort. Kept light to import:
 a Ray task or a benchmark process that sorts with libsais loads only the standard library.
 """
 
