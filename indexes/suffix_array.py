@@ -6,8 +6,8 @@ Two sorters give byte-identical tables:
 - `pydivsufsort`: libdivsufsort over the little-endian bytes, keeping the token-aligned entries;
   needs no compiled part of ours and takes shards of any size.
 `auto` takes libsais when it is built and the shard fits its limits (2^30 tokens, ids below
-2^24), else pydivsufsort. Kept light to import:
-a Ray task or a benchmark process that sorts with libsais loads only the standard library.
+2^24), else pydivsufsort. Kept light to import: a Ray task or a benchmark process that sorts
+with libsais loads only the standard library.
 """
 
 from __future__ import annotations
