@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from curate.documents import expand_inputs, read_texts
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
-from indexes.suffix_array import SORTERS, build_suffix_array
+from indexes.suffix_array import build_suffix_array, check_sorter
 from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 DEFAULT_SHARD_TOKENS = 500_000_000
@@ -137,8 +137,7 @@ def write_index(
     width = token_width_for_vocab(vocab_size)
     if shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
-    if sorter not in SORTERS:
-        raise ValueError(f"unknown sorter {sorter!r}: choose one of {', '.join(SORTERS)}")
+    check_sorter(sorter)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
@@ -174,11 +173,10 @@ def write_index(
         if not writers:
             raise ValueError("no documents to index")
         sorters_used = sorted(set(ray.get(pending)))
-    except ray.exceptions.RayTaskError as e:
+    except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
-        raise (e.cause or e) from None  # the task's own error, without Ray's remote traceback
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None:
+            raise e.cause from None  # the task's own error, without Ray's remote traceback
         raise
 
     card = {

@@ -59,10 +59,14 @@ def _sort_shard_function():
     return function
 
 
-def choose_sorter(sorter: str, tokens: int) -> str:
-    """The sorter that `sorter` means for a shard of `tokens` tokens."""
+def check_sorter(sorter: str) -> None:
     if sorter not in SORTERS:
         raise ValueError(f"unknown sorter {sorter!r}: choose one of {', '.join(SORTERS)}")
+
+
+def choose_sorter(sorter: str, tokens: int) -> str:
+    """The sorter that `sorter` means for a shard of `tokens` tokens."""
+    check_sorter(sorter)
     if sorter != "auto":
         return sorter
     return "libsais" if sort_shard_library().is_file() and tokens <= LIBSAIS_MAX_TOKENS else "pydivsufsort"
