@@ -70,7 +70,7 @@ static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_
 /* One pass per loop below, specialised by token type so the compiler keeps them tight. The
    tokenized files are little-endian and so is every host the engine runs on. */
 #define RANK_TOKENS(T, SEPARATOR)                                                               \
-    static s32 rank_tokens_##T(const T *tokens, s32 n, int width, s32 *symbols) {               \
+    static s32 rank_tokens_##T(const T *tokens, s32 n, s32 *symbols) {                          \
         T max_id = 0;                                                                           \
         _Pragma("omp parallel for reduction(max : max_id)")                                     \
         for (s32 i = 0; i < n; i++) {                                                           \
@@ -89,7 +89,7 @@ static s32 rank_present_ids(const u8 *present, u32 id_space, int width, int has_
             if (tokens[i] == SEPARATOR) has_separator = 1;                                      \
             else present[tokens[i]] = 1;                                                        \
         }                                                                                       \
-        s32 k = rank_present_ids(present, id_space, width, has_separator, rank);                \
+        s32 k = rank_present_ids(present, id_space, sizeof(T), has_separator, rank);            \
         if (k >= 0) {                                                                           \
             rank[id_space] = k - 1; /* the separator's rank, used only when it occurs */        \
             _Pragma("omp parallel for")                                                         \
@@ -107,7 +107,7 @@ RANK_TOKENS(u32, 0xFFFFFFFFu)
 /* Replace each token by its rank among the shard's distinct ids in memcmp order; returns the
    alphabet size, or a negative SORT_ code. */
 static s32 rank_tokens(const void *ds, s32 n, int width, s32 *symbols) {
-    return width == 2 ? rank_tokens_u16(ds, n, width, symbols) : rank_tokens_u32(ds, n, width, symbols);
+    return width == 2 ? rank_tokens_u16(ds, n, symbols) : rank_tokens_u32(ds, n, symbols);
 }
 
 /* Each suffix's byte offset in `pointer_width` little-endian bytes (the host's order, its low

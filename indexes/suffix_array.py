@@ -25,6 +25,7 @@ SORT_SHARD_SOURCE = Path(__file__).with_name("sort_shard.c")
 LIBSAIS_CACHE = Path.home() / ".cache" / "curate" / "libsais"
 LIBSAIS_MAX_TOKENS = 2**30  # sort_shard.c sorts with 32-bit indices and keeps room beside them
 
+# The status codes of sort_shard.c's enum, as messages.
 IDS_TOO_LARGE = 7  # the one libsais refusal that `auto` answers by sorting the bytes instead
 _SORT_ERRORS = {
     1: "cannot read it (missing or empty)",
@@ -41,11 +42,15 @@ class SortError(RuntimeError):
     """A shard that could not be suffix-sorted."""
 
 
+@cache
+def _source_digest() -> str:
+    return hashlib.sha256(SORT_SHARD_SOURCE.read_bytes()).hexdigest()[:12]
+
+
 def sort_shard_library() -> Path:
     """Where `make setup` puts the compiled sort_shard.c: named by the source's hash, so an edited
     source is never run through a stale build."""
-    digest = hashlib.sha256(SORT_SHARD_SOURCE.read_bytes()).hexdigest()[:12]
-    return LIBSAIS_CACHE / f"sort_shard-{digest}.so"
+    return LIBSAIS_CACHE / f"sort_shard-{_source_digest()}.so"
 
 
 @cache
