@@ -1,0 +1,75 @@
+"""Architectures by name: each is a config dataclass and the nn.Module built from it, so the
+trainer, checkpoints and evaluation handle every architecture the same way. A new architecture
+joins by adding one entry to ARCHITECTURES and its named sizes to SIZES."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from models.transformer import Transformer, TransformerConfig
+
+ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "transformer": (TransformerConfig, Transformer),
+}
+
+# Named sizes per architecture (vocab_size comes from the data at training time).
+SIZES: dict[str, dict[str, dict]] = {
+    "transformer": {
+        "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "seq_len": 128},  # trains in a minute on 2 CPU cores
+        "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256},
+        "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512},
+        "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024},  # GPT-2 small's shape
+    },
+}
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
+def config_fields(arch: str) -> list[str]:
+    """The keys a config of `arch` accepts."""
+    _check_arch(arch)
+    return [f.name for f in dataclasses.fields(ARCHITECTURES[arch][0])]
+
+
+def check_config_keys(arch: str, config: dict) -> None:
+    """A clear error naming every key the architecture's config does not have."""
+    unknown = sorted(set(config) - set(config_fields(arch)))
+    if unknown:
+        raise ValueError(f"unknown {arch} config key(s): {', '.join(unknown)} (known: {', '.join(config_fields(arch))})")
+
+
+def make_config(arch: str, config: dict):
+    """The architecture's config dataclass from a plain dict."""
+    check_config_keys(arch, config)
+    return ARCHITECTURES[arch][0](**config)
+
+
+def build_model(arch: str, config: dict) -> nn.Module:
+    """A freshly initialised model of `arch` (initialise the torch seed first for reproducibility)."""
+    cfg = make_config(arch, config)
+    return ARCHITECTURES[arch][1](cfg)
+
+
+def model_configs(arch: str) -> dict[str, dict]:
+    """Named sizes of `arch`, smallest first."""
+    _check_arch(arch)
+    return {name: dict(cfg) for name, cfg in SIZES.get(arch, {}).items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The registered name of a model's architecture."""
+    model = getattr(model, "module", model)  # DDP-wrapped
+    for name, (_, cls) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered architecture")
