@@ -1,0 +1,119 @@
+"""Decoding: greedy, top-k, top-p (nucleus) and locally typical sampling (Meister et al., TACL 2023)
+as filters over next-token logits, and the autoregressive loop that `curate generate` runs.
+
+Each filter takes logits of shape [..., V] and returns them with the removed tokens set to -inf,
+so filters compose (temperature, then top-k, then top-p, then typical, as in Hugging Face's
+order of warpers) and softmax of the result is the renormalised distribution that is sampled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick each next token. temperature 0 means greedy (the filters are then moot)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+        for name, value in (("--top-p", self.top_p), ("--typical-p", self.typical_p)):
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k most likely tokens (ties at the k-th value are all kept)."""
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability adds up to at least p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # a token is dropped when the tokens more likely than it already reach p; the first always stays
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: rank tokens by |surprisal - entropy| (how far their information
+    content is from the expected one), keep the smallest such prefix with probability >= mass."""
+    logp = torch.log_softmax(logits, dim=-1)
+    probs = logp.exp()
+    entropy = -torch.nansum(probs * logp, dim=-1, keepdim=True)
+    distance = (-logp - entropy).abs()
+    sorted_distance, order = torch.sort(distance, dim=-1)
+    sorted_probs = probs.gather(-1, order)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    drop_sorted = mass_before >= mass
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Temperature, then each filter that is set; softmax of the result is what gets sampled."""
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k is not None:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        logits = top_p_filter(logits, sampling.top_p)
+    if sampling.typical_p is not None and sampling.typical_p < 1:
+        logits = typical_filter(logits, sampling.typical_p)
+    return logits
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of `logits` [B, V]."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(logits, sampling), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompt: list[int],
+    max_tokens: int,
+    context: int,
+    sampling: Sampling,
+    seed: int | None = None,
+    stop: int | None = None,
+) -> list[int]:
+    """Continue `prompt` by up to `max_tokens` ids (fewer when `stop` is produced; it is not
+    returned). The model sees at most the last `context` ids; there is no KV cache, so each step
+    reruns the window, which is fine for the small models this trains."""
+    if not prompt:
+        raise ValueError("the prompt must have at least one token")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        logits = model(ids[:, -context:])[:, -1, :]
+        token = next_token(logits, sampling, generator)
+        if stop is not None and int(token) == stop:
+            break
+        out.append(int(token))
+        ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    return out
