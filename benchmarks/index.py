@@ -42,10 +42,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from curate.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from indexes.build import ShardWriter  # noqa: E402
 from indexes.engine import Engine  # noqa: E402
 from indexes.layout import CARD_NAME  # noqa: E402
-from indexes.tokenizer import find_eos_token_id, load_tokenizer, train_tokenizer  # noqa: E402
 
 CHUNK = 64
 
@@ -111,7 +111,7 @@ def tokenized_pool(work: Path) -> tuple[Path, np.ndarray]:
     texts = real_texts()
     tokenizer_path = work / "tokenizer.json"
     tokenizer = train_tokenizer(texts, tokenizer_path, vocab_size=32000)
-    ids = [np.asarray(e.ids, np.uint16) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    ids = [np.asarray(e, np.uint16) for e in tokenizer.encode_batch(texts)]
     return tokenizer_path, np.concatenate(ids)
 
 
@@ -130,8 +130,8 @@ def source_documents(tokenizer_path: Path) -> Iterator[np.ndarray]:
     files = sorted(Path(np.__file__).parents[1].rglob("*.py"))
     for i in range(0, len(files), 256):
         texts = [f.read_text(encoding="utf-8", errors="replace") for f in files[i : i + 256]]
-        for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
-            yield np.asarray(encoding.ids, np.uint16)
+        for ids in tokenizer.encode_batch(texts):
+            yield np.asarray(ids, np.uint16)
     raise SystemExit(f"site-packages holds fewer tokens than asked ({len(files):,} files)")
 
 
@@ -150,7 +150,7 @@ def write_shards(n: int, out_dir: Path, tokenizer_path: Path, shards: int, docum
         for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
             (out_dir / f"{kind}.{s}").unlink()
     tokenizer = load_tokenizer(tokenizer_path)
-    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": find_eos_token_id(tokenizer), "shards": shards, "tokens": tokens, "documents": docs, "tokenizer": None}
+    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_token_id, "shards": shards, "tokens": tokens, "documents": docs, "tokenizer": None}
     (out_dir / CARD_NAME).write_text(json.dumps(card))
 
 

@@ -34,7 +34,7 @@ from curate.llm.chunking import head_and_tail
 from curate.llm.distill import DistilledActor, DistilledRater, distill
 from curate.llm.prompts import DATAMAN_SYSTEM, dataman_prompt
 from curate.llm.stages import RateStage
-from curate.llm.tokens import load_tokenizer
+from curate.tokenizer import load_tokenizer
 
 OWT = Path(__file__).resolve().parent.parent / "data" / "web" / "openwebtext_1k.jsonl.gz"
 

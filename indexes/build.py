@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate.documents import expand_inputs, read_texts
+from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
 from indexes.suffix_array import build_suffix_array, check_sorter
-from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 DEFAULT_SHARD_TOKENS = 500_000_000
 ENCODE_BATCH_DOCS = 1024
@@ -98,7 +98,7 @@ def build_index(
     the index card. `tokenizer_path`: a tokenizer.json, or a .gguf model whose vocabulary gives
     the ids (so a neural model can be scored against the index). Shards are suffix-sorted in
     parallel as Ray tasks with `sorter` (see indexes/suffix_array.py)."""
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
     return write_index(documents, out_dir, tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, shard_tokens, overwrite, log, sorter)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from curate.llm.server import GEMMA_NAME
+from curate.local_model import GEMMA_NAME
 from indexes.build import DEFAULT_SHARD_TOKENS
 from indexes.contamination import DEFAULT_NGRAM
 from indexes.dedup import DEFAULT_MIN_TOKENS
@@ -76,18 +76,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _tokenizer_train(args) -> int:
     from curate.documents import read_texts
-    from indexes.tokenizer import train_tokenizer
+    from curate.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer((doc["text"] for doc in read_texts(args.input)), args.out, args.vocab)
-    print(f"tokenizer {args.out}: {tokenizer.get_vocab_size():,} tokens")
+    print(f"tokenizer {args.out}: {tokenizer.vocab_size:,} tokens")
     return 0
 
 
 def _index_build(args) -> int:
+    from curate.local_model import gemma_path
     from indexes.build import build_index
-    from indexes.neural import resolve_model
 
-    tokenizer = resolve_model(args.tokenizer) if args.tokenizer == GEMMA_NAME else args.tokenizer
+    tokenizer = gemma_path() if args.tokenizer == GEMMA_NAME else args.tokenizer
     build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr), sorter=args.sorter)
     return 0
 

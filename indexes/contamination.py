@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from indexes import kernels
+from indexes import search_loops
 from indexes.engine import Engine
 
 DEFAULT_NGRAM = 13
@@ -18,7 +18,7 @@ def longest_matches(engine: Engine, token_ids: list[int]) -> np.ndarray:
     query = np.asarray(token_ids, dtype=f"<u{engine.token_width}").view(np.uint8)
     best = np.zeros(len(token_ids), np.int64)
     for shard in engine.shards:
-        best = np.maximum(best, kernels.longest_matches(shard.tokens, shard.table, shard.pointer_width, engine.token_width, query))
+        best = np.maximum(best, search_loops.longest_matches(shard.tokens, shard.table, shard.pointer_width, engine.token_width, query))
     return best
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from indexes import kernels
+from curate.tokenizer import TextTokenizer
+from indexes import search_loops
 from indexes.engine import Engine
-from indexes.tokenizer import TextTokenizer
 
 DEFAULT_MIN_TOKENS = 50
 
@@ -29,10 +29,10 @@ def repeated_spans(engine: Engine, min_tokens: int = DEFAULT_MIN_TOKENS) -> list
     w = engine.token_width
     results = []
     for s, shard in enumerate(engine.shards):
-        repeated, first = kernels.repeated_kgram_starts(shard.tokens, shard.table, shard.pointer_width, w, min_tokens)
+        repeated, first = search_loops.repeated_kgram_starts(shard.tokens, shard.table, shard.pointer_width, w, min_tokens)
         candidates = np.flatnonzero(first)
         for earlier in engine.shards[:s]:  # a k-gram first seen here may still be in an earlier shard
-            seen = kernels.kgrams_seen_in(shard.tokens, candidates, w, min_tokens, earlier.tokens, earlier.table, earlier.pointer_width)
+            seen = search_loops.kgrams_seen_in(shard.tokens, candidates, w, min_tokens, earlier.tokens, earlier.table, earlier.pointer_width)
             repeated[candidates[seen]] = True
             candidates = candidates[~seen]
         removed = _covered(repeated, min_tokens)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes import kernels
+from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
+from indexes import search_loops
 from indexes.layout import IndexFormatError, read_card
 from indexes.shards import Shard, open_shards
-from indexes.tokenizer import TextTokenizer, fingerprint, open_tokenizer
 
 CNF_SEED = 19260817
 
@@ -45,13 +45,13 @@ class Engine:
         self.eos_token_id: int = self.card["eos_token_id"]
         self.token_id_max = (1 << (8 * self.token_width)) - 1
         self._dtype = np.dtype("<u2" if self.token_width == 2 else "<u4")
-        self.tokenizer = self._open_tokenizer()
+        self.tokenizer = self._load_tokenizer()
         self.max_support, self.max_clause_freq, self.max_diff_tokens = max_support, max_clause_freq, max_diff_tokens
         self.maxnum, self.max_disp_len = maxnum, max_disp_len
 
     # -- text ---------------------------------------------------------------------------------
 
-    def _open_tokenizer(self) -> TextTokenizer | None:
+    def _load_tokenizer(self) -> TextTokenizer | None:
         """The card names a file in the index, or the absolute path of the .gguf it was built with
         (and, since a file left in place can change, the fingerprint of its ids)."""
         if not self.card.get("tokenizer"):
@@ -59,7 +59,7 @@ class Engine:
         path = self.index_dir / self.card["tokenizer"]
         if not path.is_file():
             raise IndexFormatError(f"{self.index_dir} was tokenized with {path}, which is missing; restore that file (or rebuild the index)")
-        tokenizer = open_tokenizer(path)
+        tokenizer = load_tokenizer(path)
         recorded = self.card.get("tokenizer_fingerprint")
         if recorded and fingerprint(tokenizer) != recorded:
             raise IndexFormatError(f"{path} now gives other token ids than when {self.index_dir} was built; restore that file (or rebuild the index)")
@@ -94,7 +94,7 @@ class Engine:
         queries = np.concatenate(encoded) if encoded else np.zeros(0, np.uint8)
         counts = np.zeros(len(encoded), np.int64)
         for shard in self.shards:
-            kernels.count_many(shard.tokens, shard.table, shard.pointer_width, queries, bounds, counts)
+            search_loops.count_many(shard.tokens, shard.table, shard.pointer_width, queries, bounds, counts)
         return [{"count": int(c), "approx": False} for c in counts]
 
     def prob(self, prompt_ids: list[int], cont_id: int) -> dict:
@@ -145,7 +145,7 @@ class Engine:
             for clause in ordered[1:]:
                 lo, hi = _join_within_window(lo, hi, self._clause_pointers(shard, clause["segments_by_shard"][s], sort=True), window)
                 factor *= clause["factor_by_shard"][s]
-            keep = kernels.ranges_without_separator(shard.tokens, self.token_width, lo, hi)
+            keep = search_loops.ranges_without_separator(shard.tokens, self.token_width, lo, hi)
             lo = lo[keep]
             cnt += int(lo.size * factor)
             factors.append(factor)
@@ -192,7 +192,7 @@ class Engine:
         shard = self._shard(s)
         if not (_is_int(rank) and 0 <= rank < shard.token_count):
             raise QueryError(f"rank must be an integer in range [0, {shard.token_count})")
-        return self.get_doc_by_ptr(s, int(kernels.pointer_at(shard.table, shard.pointer_width, rank)), max_disp_len)
+        return self.get_doc_by_ptr(s, int(search_loops.pointer_at(shard.table, shard.pointer_width, rank)), max_disp_len)
 
     def get_doc_by_ptr(self, s: int, ptr: int, max_disp_len: int | None = None) -> dict:
         """The document holding byte `ptr`, displayed as a window of `max_disp_len` tokens around it."""
@@ -259,7 +259,7 @@ class Engine:
         segments = []
         for s, shard in enumerate(self.shards):
             lo, hi = hints[s] if hints else (0, shard.token_count)
-            start, end = kernels.find_range(shard.tokens, shard.table, shard.pointer_width, query, 0, lo, hi)
+            start, end = search_loops.find_range(shard.tokens, shard.table, shard.pointer_width, query, 0, lo, hi)
             segments.append((int(start), int(end)))
         return segments
 
@@ -286,7 +286,7 @@ class Engine:
         for shard, (start, end) in zip(self.shards, segments):
             if start == end:
                 continue
-            tokens, counts = kernels.next_token_counts(shard.tokens, shard.table, shard.pointer_width, self.token_width, prompt.size, start, end, unit, self.eos_token_id)
+            tokens, counts = search_loops.next_token_counts(shard.tokens, shard.table, shard.pointer_width, self.token_width, prompt.size, start, end, unit, self.eos_token_id)
             for token, count in zip(tokens.tolist(), counts.tolist()):
                 freq[token] = freq.get(token, 0) + count
         result = {t: {"cont_cnt": c, "prob": c / prompt_cnt} for t, c in sorted(freq.items())}
@@ -343,7 +343,7 @@ class Engine:
 
     @staticmethod
     def _clause_pointers(shard: Shard, segments: list[tuple[int, int]], sort: bool) -> np.ndarray:
-        parts = [kernels.pointers_in(shard.table, shard.pointer_width, b, e) for b, e in segments]
+        parts = [search_loops.pointers_in(shard.table, shard.pointer_width, b, e) for b, e in segments]
         ptrs = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return np.sort(ptrs) if sort else ptrs
 

@@ -11,27 +11,14 @@ from __future__ import annotations
 
 import atexit
 import os
-from pathlib import Path
 
 import numpy as np
 
-from indexes.tokenizer import GgufTokenizer
+from curate.local_model import resolve_gguf
+from curate.tokenizer import GgufTokenizer
 
 DEFAULT_CONTEXT = 1024
 SOFTMAX_ROWS = 64  # logits rows normalised at once (262,144 floats each for Gemma)
-
-
-def resolve_model(model: str | None) -> str:
-    """A .gguf path; None or "gemma-3-270m" is the packaged Gemma 3 270M."""
-    from curate.llm.server import GEMMA_NAME, gemma_path
-
-    if model is None or model == GEMMA_NAME:
-        return gemma_path()
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"model {model} does not exist")
-    if not model.endswith(".gguf"):
-        raise ValueError(f"model {model} is not a .gguf file")
-    return model
 
 
 class NeuralModel:
@@ -42,7 +29,7 @@ class NeuralModel:
 
         if context < 4:
             raise ValueError(f"--context must be at least 4 tokens, got {context}")
-        self.path = resolve_model(model)
+        self.path = resolve_gguf(model)
         self.context = context
         threads = threads or os.cpu_count()
         self.llama = Llama(

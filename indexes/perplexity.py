@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from indexes import kernels
+from curate.tokenizer import fingerprint
+from indexes import search_loops
 from indexes.engine import Engine
 from indexes.neural import NeuralModel
-from indexes.tokenizer import fingerprint
 
 LAMBDA_GRID = np.linspace(0.0, 0.99, 100)
 
@@ -107,6 +107,6 @@ def _is_sparse(engine: Engine, suffix: list[int]) -> bool:
     tokens = set()
     for shard, (start, end) in zip(engine.shards, engine.find(suffix)["segment_by_shard"]):
         for rank in {start, end - 1} if end > start else ():
-            ptr = kernels.pointer_at(shard.table, shard.pointer_width, rank)
-            tokens.add(int(kernels.token_at(shard.tokens, engine.token_width, ptr + num_bytes, engine.eos_token_id)))
+            ptr = search_loops.pointer_at(shard.table, shard.pointer_width, rank)
+            tokens.add(int(search_loops.token_at(shard.tokens, engine.token_width, ptr + num_bytes, engine.eos_token_id)))
     return len(tokens) == 1

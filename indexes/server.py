@@ -188,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
 def make_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A threaded server (port 0 picks a free one); call serve_forever() on it."""
     engine = Engine(index_dir)
-    for query_type in ("count", "ntd", "infgram_prob", "get_doc_by_rank"):  # load the compiled kernels now, not on the first request
+    for query_type in ("count", "ntd", "infgram_prob", "get_doc_by_rank"):  # load the compiled search loops now, not on the first request
         answer(engine, {"query_type": query_type, "query_ids": [0], "s": 0, "rank": 0})
     handler = type("IndexHandler", (_Handler,), {"engine": engine})
     server = ThreadingHTTPServer((host, port), handler)

@@ -1,4 +1,4 @@
-"""An index's shards, memory-mapped read-only as raw bytes for the engine's kernels."""
+"""An index's shards, memory-mapped read-only as raw bytes for the engine's search loops."""
 
 from __future__ import annotations
 

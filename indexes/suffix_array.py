@@ -108,7 +108,7 @@ def _sort_bytes(tokenized: Path, table_path: Path, token_width: int, pw: int) ->
     import numpy as np
     from pydivsufsort import divsufsort
 
-    from indexes.kernels import pack_even_pointers
+    from indexes.search_loops import pack_even_pointers
 
     ds = np.fromfile(tokenized, dtype=np.uint8)
     byte_sa = divsufsort(ds)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from curate.documents import write_parquet
 from indexes.build import build_index
 from indexes.dedup import dedup_documents
-from indexes.tokenizer import train_tokenizer
+from curate.tokenizer import train_tokenizer
 from pipelines.report import without_text
 from pipelines.spec import IndexSpec
 

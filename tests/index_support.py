@@ -8,7 +8,7 @@ from pathlib import Path
 
 from infini_gram.engine import InfiniGramEngine
 
-from indexes.tokenizer import train_tokenizer
+from curate.tokenizer import train_tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -15,14 +15,14 @@ import pytest
 from llama_cpp import Llama
 
 from curate.cli import main
-from curate.llm.server import gemma_path
+from curate.local_model import gemma_path
+from curate.tokenizer import train_tokenizer
 from indexes.build import build_index, write_index
 from indexes.cli import _perplexity_text
 from indexes.engine import Engine
 from indexes.layout import CARD_NAME, IndexFormatError
 from indexes.neural import NeuralModel
 from indexes.perplexity import infgram_token_probs
-from indexes.tokenizer import HFTokenizer, train_tokenizer
 from tests.index_support import DATA, official_engine
 
 INDEXED = DATA / "wiki" / "wikitext2_valid.jsonl.gz"  # 60 articles, 254k Gemma tokens
@@ -137,7 +137,7 @@ def test_perplexity_cli_fits_lambda_and_beats_the_neural_model_on_overlapping_te
 
 def test_perplexity_refuses_an_index_with_another_tokenizer(tmp_path, capsys):
     texts = _texts(UNSEEN, 3)
-    tok = HFTokenizer(train_tokenizer(texts, tmp_path / "tok.json", 400), str(tmp_path / "tok.json"))
+    tok = train_tokenizer(texts, tmp_path / "tok.json", 400)
     write_index(((ids, {}) for ids in tok.encode_batch(texts)), tmp_path / "ix", tok.vocab_size, tok.eos_token_id, tok, log=lambda m: None)
     (tmp_path / "docs.jsonl").write_text(json.dumps({"id": "a", "text": texts[0]}) + "\n")
     docs = str(tmp_path / "docs.jsonl")

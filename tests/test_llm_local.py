@@ -12,11 +12,12 @@ import polars as pl
 import pytest
 
 from curate.llm.chunking import chunk_text, head_and_tail, sentence_spans
-from curate.llm.engine import vllm_config
+from curate.llm.generation import vllm_config
 from curate.llm.prompts import CRITERIA
-from curate.llm.server import GEMMA_NAME, LocalServer, free_port, gemma_path
+from curate.llm.server import LocalServer, free_port
 from curate.llm.stages import RateStage, RephraseStage
-from curate.llm.tokens import load_tokenizer
+from curate.local_model import GEMMA_NAME, gemma_path
+from curate.tokenizer import load_tokenizer
 from pipelines.runner import run_job
 from pipelines.spec import load_job
 
@@ -100,7 +101,7 @@ def test_vllm_backend_is_a_processor_config():
     assert config.engine_kwargs["max_model_len"] == 4096
     stage = RephraseStage(backend="vllm", llm="mistralai/Mistral-7B-Instruct-v0.2", sampling={"typical_p": 0.9})
     with pytest.raises(ValueError, match="typical_p"):
-        from curate.llm.engine import _vllm_pass
+        from curate.llm.generation import _vllm_pass
 
         _vllm_pass(None, stage.config, stage.config.sampling.model_dump(), None, 1.0)
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from curate.llm import selection
 from curate.llm.config import SelectConfig
-from curate.llm.engine import ANSWER, ERROR, MANY, NO_REQUEST, PROMPT, TOKENS, Transport
+from curate.llm.generation import ANSWER, ERROR, MANY, NO_REQUEST, PROMPT, TOKENS, Transport
 from curate.llm.server import free_port
 from curate.llm.stages import WRAP_CHUNKS, _assemble_rephrases, _row_per_document, _row_per_prompt
 
@@ -187,7 +187,7 @@ def test_select_needs_ratings():
 
 def test_distilled_rater_learns_ratings_and_rates_like_the_llm_stage(tmp_path):
     from curate.llm.distill import DistilledActor, distill
-    from curate.llm.server import gemma_path
+    from curate.local_model import gemma_path
 
     rng = np.random.default_rng(0)
     good = ["clear", "precise", "informative", "careful", "structured"]

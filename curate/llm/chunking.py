@@ -7,24 +7,18 @@ Punkt's trained English tables are a separate download that setup cannot count o
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
+from curate.tokenizer import TextTokenizer
+
 _PUNKT = PunktSentenceTokenizer()
-
-
-class Tokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     return list(_PUNKT.span_tokenize(text))
 
 
-def chunk_text(text: str, tokenizer: Tokenizer, max_tokens: int = 300) -> list[str]:
+def chunk_text(text: str, tokenizer: TextTokenizer, max_tokens: int = 300) -> list[str]:
     """Greedily pack whole sentences into chunks of at most `max_tokens` tokens (a sentence
     longer than that is a chunk of its own, never split). The chunks are consecutive slices of
     the text, so `"".join(chunks) == text`; each chunk also carries the whitespace before the
@@ -44,7 +38,7 @@ def chunk_text(text: str, tokenizer: Tokenizer, max_tokens: int = 300) -> list[s
     return [text[bounds[i] : bounds[i + 1]] for i in range(len(starts))]
 
 
-def head_and_tail(text: str, tokenizer: Tokenizer, keep: int = 947, max_chars: int = 20_000) -> tuple[str, int]:
+def head_and_tail(text: str, tokenizer: TextTokenizer, keep: int = 947, max_chars: int = 20_000) -> tuple[str, int]:
     """DataMan's truncation: a text over `max_chars` characters first keeps its first and last
     `max_chars / 2`; then, over 2 * `keep` tokens, its first and last `keep` tokens joined by
     "...". Returns the text to rate and the document's length in tokens (extrapolated from the

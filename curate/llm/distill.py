@@ -20,7 +20,7 @@ from sklearn.linear_model import SGDClassifier
 
 from curate.llm.chunking import head_and_tail
 from curate.llm.prompts import CRITERIA
-from curate.llm.tokens import load_tokenizer
+from curate.tokenizer import load_tokenizer
 
 TARGETS = ("domain", *CRITERIA)
 CARD = "distilled.json"

