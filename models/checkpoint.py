@@ -99,8 +99,11 @@ def check_tokenizer(meta: dict, index_dir: str | Path) -> None:
     ours, theirs = meta.get("tokenizer_fingerprint"), card.get("tokenizer_fingerprint")
     if ours != theirs:
         raise CheckpointError(
-            f"the checkpoint's tokenizer (fingerprint {ours}) is not the tokenizer of index {index_dir} (fingerprint {theirs})"
+            f"the checkpoint's tokenizer (fingerprint {ours}) is not the tokenizer of index {index_dir} "
+            f"(fingerprint {theirs})"
         )
     vocab = meta.get("config", {}).get("vocab_size")
     if vocab is not None and vocab < card["vocab_size"]:
-        raise CheckpointError(f"the checkpoint's vocabulary ({vocab}) is smaller than index {index_dir}'s ({card['vocab_size']})")
+        raise CheckpointError(
+            f"the checkpoint's vocabulary ({vocab}) is smaller than index {index_dir}'s ({card['vocab_size']})"
+        )

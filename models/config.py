@@ -11,7 +11,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.registry import check_config_keys, model_configs
 
 
 class TrainConfig(BaseModel):
@@ -19,12 +18,16 @@ class TrainConfig(BaseModel):
 
     arch: str = "transformer"
     size: str = Field("tiny", description="a named size of the architecture (models/registry.py)")
-    model: dict[str, Any] = Field(default_factory=dict, description="overrides of the size's config (vocab_size comes from the data)")
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the size's config (vocab_size comes from the data)"
+    )
     seq_len: int = Field(128, ge=1)
-    batch_size: int = Field(16, ge=1, description="sequences per optimizer step, over all workers and accumulation steps")
+    batch_size: int = Field(16, ge=1, description="sequences per optimizer step, all workers and micro-batches")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     steps: int = Field(200, ge=1, description="optimizer steps; the schedule spans them")
-    optimizer: Literal["adamw", "swan"] = Field("adamw", description="swan: SWAN on the 2-D weights of blocks, AdamW on the rest")
+    optimizer: Literal["adamw", "swan"] = Field(
+        "adamw", description="swan: SWAN on the 2-D weights of blocks, AdamW on the rest"
+    )
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine ends at lr * min_lr_ratio")
     warmup_steps: int = Field(20, ge=0)
@@ -43,16 +46,21 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_model(self) -> TrainConfig:
+        from models.registry import check_config_keys, model_configs  # torch: only when a config is given
+
         sizes = model_configs(self.arch)  # raises for an unknown architecture
         if self.size not in sizes:
             raise ValueError(f"unknown size {self.size!r} of {self.arch}; known: {', '.join(sizes)}")
         check_config_keys(self.arch, self.model)
         if self.batch_size % (self.workers * self.grad_accum):
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of workers x grad_accum ({self.workers * self.grad_accum})")
+            parts = self.workers * self.grad_accum
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of workers x grad_accum ({parts})")
         return self
 
-    def model_config(self, vocab_size: int) -> dict:
+    def architecture_config(self, vocab_size: int) -> dict:
         """The architecture's config: the named size, the overrides, the data's vocabulary and seq_len."""
+        from models.registry import model_configs
+
         return {**model_configs(self.arch)[self.size], "seq_len": self.seq_len, "vocab_size": vocab_size, **self.model}
 
     @property

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from curate.splits import SPLITS, split_of
-from indexes.layout import CARD_NAME, IndexFormatError, read_card, shard_path
+from indexes.layout import IndexFormatError, read_card, shard_path
 
 
 class TokenShards:
@@ -81,8 +81,10 @@ class TokenShards:
 
     @cached_property
     def card_hash(self) -> str:
-        """Identifies the indexed data: the sha256 of the index card (tokens, documents, tokenizer)."""
-        return hashlib.sha256((self.index_dir / CARD_NAME).read_bytes()).hexdigest()[:16]
+        """Identifies the indexed data by its card (tokens, documents, shards, tokenizer), less the
+        build time, so that an index rebuilt from the same documents keeps its hash."""
+        card = {k: v for k, v in self.card.items() if k not in ("build_seconds", "sorter")}
+        return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:16]
 
     def split_docs(self, split: str) -> np.ndarray:
         """Indices of the split's documents, in index order."""
@@ -147,7 +149,9 @@ def batches(
     total = int((shards.doc_end[docs] - shards.doc_start[docs] + 1).sum())
     per_epoch = (total - 1) // seq_len
     if per_epoch < 1:
-        raise ValueError(f"{shards.index_dir}: the {split} split has {total} tokens, fewer than one sequence of {seq_len + 1}")
+        raise ValueError(
+            f"{shards.index_dir}: the {split} split has {total} tokens, fewer than one sequence of {seq_len + 1}"
+        )
     epoch, stream, order = -1, None, None
     step = start_step
     while True:

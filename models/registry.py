@@ -40,7 +40,8 @@ def check_config_keys(arch: str, config: dict) -> None:
     """A clear error naming every key the architecture's config does not have."""
     unknown = sorted(set(config) - set(config_fields(arch)))
     if unknown:
-        raise ValueError(f"unknown {arch} config key(s): {', '.join(unknown)} (known: {', '.join(config_fields(arch))})")
+        known = ", ".join(config_fields(arch))
+        raise ValueError(f"unknown {arch} config key(s): {', '.join(unknown)} (known: {known})")
 
 
 def make_config(arch: str, config: dict):

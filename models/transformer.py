@@ -134,5 +134,6 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX, reduction=reduction)
+        flat = logits.float().view(B * T, -1)  # (B*T, V)
+        loss = F.cross_entropy(flat, targets.reshape(B * T), ignore_index=IGNORE_INDEX, reduction=reduction)
         return loss.view(B, T) if reduction == "none" else loss
