@@ -1,7 +1,7 @@
 # `make demo` and `make test` set everything up themselves (scripts/setup.sh is idempotent).
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,6 +11,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Quick iteration: everything but the tests marked `slow` (llama.cpp/Gemma, ray job submit, neural index).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/perplexity.py

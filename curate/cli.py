@@ -1,4 +1,5 @@
-"""The `curate` command line."""
+"""The `curate` command line. Imports stay inside the commands, so that `curate --help` and a
+job's validation load none of KenLM, numba, Ray or torch."""
 
 from __future__ import annotations
 
@@ -6,17 +7,24 @@ import argparse
 import json
 import sys
 
-from curate.documents import InputError, read_texts
 from curate.llm import cli as llm_cli
-from curate.lm import ModelError
+from indexes import cli as index_cli
 from indexes.suffix_array import SortError
+
+# Errors a user can fix, printed as one line. InputError, SpecError and the index's errors are
+# ValueErrors; KenLM's ModelError is looked up only once its module is loaded (it must be, to
+# have been raised), so that knowing it does not load KenLM.
+USER_ERRORS = (ValueError, FileNotFoundError, SortError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (InputError, ModelError, SortError, ValueError, FileNotFoundError) as e:
+    except Exception as e:
+        lm = sys.modules.get("curate.lm")
+        if not isinstance(e, USER_ERRORS) and not (lm and isinstance(e, lm.ModelError)):
+            raise
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
 
@@ -32,10 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="delete the output directory and start over")
     run.set_defaults(func=_run)
 
-    lm = sub.add_parser("lm", help="KenLM models: train, score, calibrate").add_subparsers(required=True, metavar="ACTION")
+    lm = sub.add_parser(
+        "kenlm", aliases=["lm"], help="KenLM models: train, score, calibrate (`lm`: the old name, an alias for one release)"
+    ).add_subparsers(required=True, metavar="ACTION")
     train = lm.add_parser("train", help="CCNet recipe: normalise, SentencePiece, lmplz, build_binary")
     train.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
-    train.add_argument("--out", required=True, help="model directory")
+    train.add_argument("--out", required=True, help="model directory, outside the source tree (e.g. out/kenlm/wiki)")
     train.add_argument("--order", type=int, default=5)
     train.add_argument("--vocab", type=int, default=65536, help="SentencePiece vocabulary (an upper bound on small corpora)")
     train.add_argument("--where", nargs="*", default=[], metavar="FIELD=JSON", help="keep documents whose field equals the value, e.g. harmful=true")
@@ -63,22 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-field", default="harmful")
     ev.set_defaults(func=_lm_evaluate)
 
-    from indexes.cli import add_commands
-
-    add_commands(sub)
+    index_cli.add_commands(sub)
     llm_cli.add_commands(sub)
     return p
 
 
 def _run(args) -> int:
-    from pipelines.runner import run_job
-    from pipelines.spec import SpecError, load_job
+    from pipelines.spec import load_job
 
-    try:
-        run_job(load_job(args.job), out=args.out, address=args.address, fresh=args.fresh)
-    except SpecError as e:
-        print(f"curate: error: {e}", file=sys.stderr)
-        return 2
+    job = load_job(args.job)  # a bad spec fails here, before Ray and the models load
+    from pipelines.runner import run_job
+
+    run_job(job, out=args.out, address=args.address, fresh=args.fresh)
     return 0
 
 
@@ -99,6 +105,7 @@ def _lm_train(args) -> int:
 
 
 def _lm_score(args) -> int:
+    from curate.documents import read_texts
     from curate.lm import LanguageModel
 
     model = LanguageModel(args.model)

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from curate.documents import expand_inputs, read_texts
 from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
+from indexes.options import DEFAULT_SHARD_TOKENS
 from indexes.suffix_array import build_suffix_array, check_sorter
 
-DEFAULT_SHARD_TOKENS = 500_000_000
 ENCODE_BATCH_DOCS = 1024
 
 

@@ -7,11 +7,7 @@ import json
 import sys
 
 from curate.local_model import GEMMA_NAME
-from indexes.build import DEFAULT_SHARD_TOKENS
-from indexes.contamination import DEFAULT_NGRAM
-from indexes.dedup import DEFAULT_MIN_TOKENS
-from indexes.neural import DEFAULT_CONTEXT
-from indexes.server import QUERY_TYPES
+from indexes.options import DEFAULT_CONTEXT, DEFAULT_MIN_TOKENS, DEFAULT_NGRAM, DEFAULT_SHARD_TOKENS, QUERY_TYPES
 from indexes.suffix_array import SORTERS
 
 

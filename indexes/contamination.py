@@ -9,8 +9,7 @@ import numpy as np
 
 from indexes import search_loops
 from indexes.engine import Engine
-
-DEFAULT_NGRAM = 13
+from indexes.options import DEFAULT_NGRAM
 
 
 def longest_matches(engine: Engine, token_ids: list[int]) -> np.ndarray:

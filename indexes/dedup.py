@@ -17,8 +17,7 @@ import pyarrow as pa
 from curate.tokenizer import TextTokenizer
 from indexes import search_loops
 from indexes.engine import Engine
-
-DEFAULT_MIN_TOKENS = 50
+from indexes.options import DEFAULT_MIN_TOKENS
 
 
 def repeated_spans(engine: Engine, min_tokens: int = DEFAULT_MIN_TOKENS) -> list[dict]:

@@ -16,8 +16,8 @@ import numpy as np
 
 from curate.local_model import resolve_gguf
 from curate.tokenizer import GgufTokenizer
+from indexes.options import DEFAULT_CONTEXT
 
-DEFAULT_CONTEXT = 1024
 SOFTMAX_ROWS = 64  # logits rows normalised at once (262,144 floats each for Gemma)
 
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from indexes.engine import Engine, QueryError
+from indexes.options import QUERY_TYPES
 
 LIMITS = {
     "body_bytes": 65536,
@@ -28,7 +29,6 @@ LIMITS = {
     "maxnum": 10,
     "max_disp_len": 10000,
 }
-QUERY_TYPES = ("count", "prob", "ntd", "infgram_prob", "infgram_ntd", "find", "find_cnf", "search_docs", "get_doc_by_rank", "get_doc_by_ptr")
 CNF_TYPES = ("count", "find_cnf", "search_docs")
 
 

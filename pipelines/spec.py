@@ -107,7 +107,7 @@ class Job(Strict):
     name: str
     inputs: list[Input] = Field(min_length=1)
     output: str | None = Field(None, description="default: out/<name>")
-    models_dir: str = "out/models"
+    models_dir: str = Field("out/kenlm", description="KenLM model directories (data, outside the source tree)")
     models: dict[str, ModelTraining] = Field(default_factory=dict)
     stages: list[StageEntry] = Field(default_factory=list)
     index: IndexSpec | None = Field(None, description="build an infini-gram index of the kept documents (the last step)")

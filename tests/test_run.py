@@ -165,7 +165,7 @@ def test_calibrated_card_and_scoring_cli(models):
     card = LanguageModel(models["harmful"]).card["thresholds"]["harmful"]
     assert card["default"] in ("perplexity", "contrastive")
     assert card["perplexity"]["test"]["n"] > 1000 and card["contrastive"]["candidates"] >= 100
-    proc = _curate("lm", "score", models["wiki"], str(REPO / "data" / "samples" / "broken.jsonl"))
+    proc = _curate("kenlm", "score", models["wiki"], str(REPO / "data" / "samples" / "broken.jsonl"))
     log, _ = proc.communicate(timeout=60)
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert [d["id"] for d in lines] == [d["id"] for d in read_texts([str(REPO / "data" / "samples" / "broken.jsonl")])]

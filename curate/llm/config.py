@@ -23,7 +23,7 @@ class Sampling(_Strict):
     seed: int = 1234
 
 
-class Engine(_Strict):
+class GenerationBackend(_Strict):
     """Where generation runs. `local`: curate starts a llama.cpp server on 127.0.0.1 (Gemma 3
     270M unless `llm` names another GGUF); `openai`: any OpenAI-compatible endpoint at `url`;
     `vllm`: vLLM inside the Ray workers (GPUs, the `vllm` extra)."""
@@ -40,7 +40,7 @@ class Engine(_Strict):
     threads: int | None = Field(None, ge=1, description="local: CPU threads of the server (default: all)")
 
     @model_validator(mode="after")
-    def _needs(self) -> Engine:
+    def _needs(self) -> GenerationBackend:
         if self.backend == "openai" and not (self.url and self.llm):
             raise ValueError("backend openai needs `url` and `llm` (the served model name)")
         if self.backend == "vllm" and not self.llm:
@@ -48,7 +48,7 @@ class Engine(_Strict):
         return self
 
 
-class RephraseConfig(Engine):
+class RephraseConfig(GenerationBackend):
     styles: list[Literal["easy", "medium", "hard", "qa", "custom"]] = Field(["medium"], min_length=1)
     template: str | None = Field(None, description="the prompt of style `custom`, with a {text} placeholder")
     chunk_tokens: int = Field(300, ge=16, description="chunk size in the rephraser's tokens (WRAP: about 300)")
@@ -66,7 +66,7 @@ class RephraseConfig(Engine):
         return self
 
 
-class RateConfig(Engine):
+class RateConfig(GenerationBackend):
     backend: Literal["local", "openai", "vllm", "distilled"] = "local"
     distilled: str | None = Field(None, description="backend distilled: the directory `curate rate distill` wrote")
     keep_tokens: int = Field(947, ge=1, description="longer documents keep their first and last this many tokens")

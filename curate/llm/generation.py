@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pyarrow as pa
 
-from curate.llm.config import Engine
+from curate.llm.config import GenerationBackend
 
 PROMPT, ANSWER, ERROR, TOKENS = "_llm_prompt", "_llm_answer", "_llm_error", "_llm_tokens"
 KEYS = "_llm_keys"  # the columns a row had before the processor, so only they are kept
@@ -34,17 +34,17 @@ MANY = "curate_prompts"  # payload field: a JSON list of user messages Transport
 RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
 
 
-def generation_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
+def generation_pass(ds, backend: GenerationBackend, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
     """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring). Processors pass rows
     through Python dicts, which loses column types (an all-null column comes back typed null),
     so each row carries its batch's schema across and gets it back after."""
     ds = ds.map_batches(_remember_schema, batch_format="pyarrow", num_cpus=cpu_share)
-    if engine.backend == "vllm":
+    if backend.backend == "vllm":
         if many:
             raise ValueError("vLLM's processor asks one prompt per row: explode the rows instead of `many`")
-        ds = _vllm_pass(ds, engine, sampling, system, cpu_share)
+        ds = _vllm_pass(ds, backend, sampling, system, cpu_share)
     else:
-        ds = _http_pass(ds, engine, url, model, sampling, system, cpu_share, many)
+        ds = _http_pass(ds, backend, url, model, sampling, system, cpu_share, many)
     return ds.map_batches(_restore_schema, batch_format="pyarrow", num_cpus=cpu_share)
 
 
@@ -66,15 +66,15 @@ def _restore_schema(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def _http_pass(ds, engine: Engine, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool):
+def _http_pass(ds, backend: GenerationBackend, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(
         url=f"{url.rstrip('/')}/chat/completions",
-        batch_size=engine.batch_size,
-        concurrency=engine.concurrency,
+        batch_size=backend.batch_size,
+        concurrency=backend.concurrency,
         max_retries=0,  # Transport retries, so that a request which still fails marks its row
-        session_factory=functools.partial(Transport, engine.max_retries, engine.timeout_s),
+        session_factory=functools.partial(Transport, backend.max_retries, backend.timeout_s),
         http_request_stage={"num_cpus": cpu_share},
     )
 
@@ -103,21 +103,21 @@ def _messages(system: str | None, prompt: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def vllm_config(engine: Engine):
-    """The vLLM processor config of an engine (in-process vLLM on the Ray workers' GPUs)."""
+def vllm_config(backend: GenerationBackend):
+    """The vLLM processor config of a backend (in-process vLLM on the Ray workers' GPUs)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
     return vLLMEngineProcessorConfig(
-        model_source=engine.llm,
-        engine_kwargs={"max_model_len": engine.n_ctx, "enable_prefix_caching": True},
-        batch_size=engine.batch_size,
-        concurrency=engine.concurrency,
+        model_source=backend.llm,
+        engine_kwargs={"max_model_len": backend.n_ctx, "enable_prefix_caching": True},
+        batch_size=backend.batch_size,
+        concurrency=backend.concurrency,
         accelerator_type=None,
         should_continue_on_error=True,
     )
 
 
-def _vllm_pass(ds, engine: Engine, sampling: dict[str, Any], system: str | None, cpu_share: float):
+def _vllm_pass(ds, backend: GenerationBackend, sampling: dict[str, Any], system: str | None, cpu_share: float):
     from ray.data.llm import build_processor
 
     params = {k: v for k, v in sampling.items() if k in ("temperature", "top_p", "typical_p", "max_tokens", "seed")}
@@ -135,7 +135,7 @@ def _vllm_pass(ds, engine: Engine, sampling: dict[str, Any], system: str | None,
     def postprocess(row: dict) -> dict:
         return {**{k: row[k] for k in row[KEYS]}, ANSWER: row["generated_text"], ERROR: None, TOKENS: int(row["num_generated_tokens"])}
 
-    out = build_processor(vllm_config(engine), preprocess=preprocess, postprocess=postprocess)(ds)
+    out = build_processor(vllm_config(backend), preprocess=preprocess, postprocess=postprocess)(ds)
 
     def settle(row: dict) -> dict:
         """Rows the engine failed on (or skipped) bypass postprocess: give them the same columns."""

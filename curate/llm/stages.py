@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from curate.llm import dataman, selection, wrap
 from curate.llm.chunking import chunk_text, head_and_tail
-from curate.llm.config import Engine, RateConfig, RephraseConfig, SelectConfig
+from curate.llm.config import GenerationBackend, RateConfig, RephraseConfig, SelectConfig
 from curate.llm.generation import ANSWER, ERROR, PROMPT, TOKENS, generation_pass
 from curate.llm.prompts import CRITERIA, DATAMAN_SYSTEM, dataman_prompt, wrap_prompt
 from curate.llm.server import LocalServer
@@ -35,7 +35,7 @@ GENERATION_COLUMNS = [PROMPT, ANSWER, ERROR, TOKENS]
 class LLMStage(Stage):
     """A stage whose work is generation: knows its endpoint, model name and tokenizer."""
 
-    config: Engine
+    config: GenerationBackend
 
     def __init__(self) -> None:
         self.url = self.config.url
