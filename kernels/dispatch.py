@@ -7,6 +7,7 @@ off (a first call compiles for tens of seconds, which short CPU runs and tests m
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -43,6 +44,13 @@ def compiled_on_cpu(fn: F) -> F:
             return fn(*args, **kwargs)
         if "fn" not in cache:
             cache["fn"] = torch.compile(fn, dynamic=True)
-        return cache["fn"](*args, **kwargs)
+        try:
+            return cache["fn"](*args, **kwargs)
+        except Exception as err:  # no C++ compiler, an inductor gap: eager still works (and re-raises bad input)
+            if cache["fn"] is fn:
+                raise
+            warnings.warn(f"kernels: torch.compile of {fn.__name__} failed ({err!r:.200}); running it eager", stacklevel=2)
+            cache["fn"] = fn
+            return fn(*args, **kwargs)
 
     return run  # type: ignore[return-value]

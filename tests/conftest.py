@@ -2,12 +2,18 @@
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from curate import harmful, lm
+
+# Without a GPU the kernel tests (tests/test_kernels_*.py) run the Triton kernels in Triton's interpreter;
+# this must happen before anything imports triton (nothing above does).
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
