@@ -21,7 +21,7 @@ import numpy as np
 from curate import harmful, lm
 from curate.documents import read_texts
 from curate.lm import LanguageModel
-from curate.stages import harmfulness
+from curate.harmful import harmfulness
 
 REPO = Path(__file__).resolve().parent.parent
 DAVIDSON = str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")

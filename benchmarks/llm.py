@@ -33,7 +33,10 @@ from curate.llm import dataman
 from curate.llm.chunking import head_and_tail
 from curate.llm.distill import DistilledActor, DistilledRater, distill
 from curate.llm.prompts import DATAMAN_SYSTEM, dataman_prompt
+from curate.llm.config import RateConfig
 from curate.llm.stages import RateStage
+from curate.ray_runtime import init_ray
+from curate.stages import Resources
 from curate.tokenizer import load_tokenizer
 
 OWT = Path(__file__).resolve().parent.parent / "data" / "web" / "openwebtext_1k.jsonl.gz"
@@ -67,7 +70,7 @@ def direct(stage: RateStage, texts: list[str]) -> tuple[float, list[str], int]:
 
 def through_stage(stage: RateStage, table: pa.Table) -> tuple[float, pl.DataFrame]:
     t0 = time.perf_counter()
-    ds = stage.plan(ray.data.from_arrow(table), workers=1, batch_docs=len(table), cpu_share=0.5)
+    ds = stage.plan(ray.data.from_arrow(table), len(table), Resources(cpus=0.5, concurrency=1))
     rows = pl.from_arrow(pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))))
     return time.perf_counter() - t0, rows.sort("input_row")
 
@@ -81,10 +84,10 @@ def main() -> None:
     table = documents(args.docs + 1, args.chars)
     warm, table = table["text"][-1].as_py(), table.slice(0, args.docs)
     texts = table["text"].to_pylist()
-    stage = RateStage(max_tokens=40, retries=0, batch_size=args.docs)
+    stage = RateStage(RateConfig(max_tokens=40, retries=0, batch_size=args.docs))
     directs, stages = [], []
     with stage.serving():
-        ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+        init_ray()
         direct(stage, [warm])  # warm the server once for both
         for _ in range(args.rounds):
             t, answers, tokens = direct(stage, texts)

@@ -12,13 +12,14 @@ import gzip
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from curate.atomic import atomic_path
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -215,10 +216,8 @@ def _quarantine(where: dict, source: str, error: str, record: bytes | dict, doc_
 
 def write_parquet(table: pa.Table, path: Path) -> str:
     """Write atomically (temporary name, then rename) with zstd; return the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return sha256_file(path)
 
 

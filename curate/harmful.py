@@ -1,4 +1,4 @@
-"""`curate lm calibrate`: score labelled documents under the harmful model (and a benign
+"""`curate kenlm calibrate`: score labelled documents under the harmful model (and a benign
 reference), pick thresholds on the validation split, measure them on the test split, and write
 them into the model card. The score with the better validation macro-F1 becomes the default."""
 
@@ -10,9 +10,8 @@ import numpy as np
 
 from curate import calibrate
 from curate.documents import read_texts
-from curate.lm import LanguageModel
+from curate.lm import LanguageModel, perplexity
 from curate.splits import split_of
-from curate.stages import harmfulness
 
 
 def load_labeled(paths: list[str], label_field: str, exclude_split: str | None = "train") -> tuple[list[str], np.ndarray, list[str]]:
@@ -100,3 +99,20 @@ def format_table(results: dict, default: str) -> str:
         mark = "  <- default" if kind == default else ""
         lines.append(f"{kind:12s} {r['threshold']:10.4g} {r['validation']['macro_f1']:12.3f} {t['precision']:7.3f} {t['recall']:7.3f} {t['f1']:7.3f} {t['macro_f1']:13.3f}{mark}")
     return "\n".join(lines)
+
+
+def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[str]) -> dict[str, np.ndarray]:
+    """Perplexities and the harmfulness score (higher = more harmful): the contrastive
+    log10-probability difference when a reference is given, else minus log10 perplexity."""
+    log10_sum, tokens = lm.score_many(texts)
+    harm_lp = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
+    out = {"harmful_ppl": perplexity(log10_sum, tokens)}
+    if reference is not None:
+        ref_sum, ref_tokens = reference.score_many(texts)
+        ref_lp = ref_sum / ref_tokens
+        out["harmful_ref_ppl"] = perplexity(ref_sum, ref_tokens)
+        out["harmful_score"] = harm_lp - ref_lp
+    else:
+        out["harmful_ref_ppl"] = np.full(len(texts), np.nan)
+        out["harmful_score"] = harm_lp
+    return out

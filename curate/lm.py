@@ -25,6 +25,7 @@ import kenlm
 import numpy as np
 import sentencepiece as spm
 
+from curate.atomic import write_text
 from curate.documents import expand_inputs, read_texts, sha256_file
 from curate.normalize import normalize
 from curate.splits import split_of
@@ -75,7 +76,7 @@ class LanguageModel:
         self.dir = Path(model_dir)
         card_path = self.dir / CARD
         if not card_path.is_file():
-            raise ModelError(f"{self.dir} is not a model directory (no {CARD}); train one with `curate lm train`")
+            raise ModelError(f"{self.dir} is not a model directory (no {CARD}); train one with `curate kenlm train`")
         self.card = json.loads(card_path.read_text())
         self.sp = spm.SentencePieceProcessor(model_file=str(self.dir / SP_MODEL))
         self.kenlm = kenlm.Model(str(self.dir / KENLM_BINARY))
@@ -103,9 +104,7 @@ class LanguageModel:
 
 
 def write_card(model_dir: Path, card: dict) -> None:
-    tmp = model_dir / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, model_dir / CARD)
+    write_text(Path(model_dir) / CARD, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
 def source(path: str, where: dict | None = None, split: str | None = None) -> dict:

@@ -18,6 +18,7 @@ import os
 from functools import cache
 from pathlib import Path
 
+from curate.atomic import atomic_path
 from indexes.layout import pointer_width, shard_path
 
 SORTERS = ("auto", "libsais", "pydivsufsort")
@@ -85,9 +86,8 @@ def build_suffix_array(index_dir: str | Path, s: int, token_width: int, sorter: 
     size = tokenized.stat().st_size
     if size == 0:
         raise SortError(f"{tokenized}: the shard is empty")
-    tmp = shard_path(index_dir, "table", s).with_name(f".partial-{s}")
     chosen = choose_sorter(sorter, size // token_width)
-    try:
+    with atomic_path(shard_path(index_dir, "table", s)) as tmp:
         if chosen == "libsais":
             status = _sort_shard_function()(os.fsencode(tokenized), os.fsencode(tmp), token_width, pointer_width(size))
             if status == IDS_TOO_LARGE and sorter == "auto":
@@ -96,10 +96,6 @@ def build_suffix_array(index_dir: str | Path, s: int, token_width: int, sorter: 
                 raise SortError(f"{tokenized}: {_SORT_ERRORS.get(status, f'error {status}')}")
         if chosen == "pydivsufsort":
             _sort_bytes(tokenized, tmp, token_width, pointer_width(size))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, shard_path(index_dir, "table", s))
     return chosen
 
 

@@ -3,24 +3,24 @@ documents (Lee et al.), then build an infini-gram index over the final kept shar
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from curate.documents import write_parquet
+from curate.tokenizer import train_tokenizer
 from indexes.build import build_index
 from indexes.dedup import dedup_documents
-from curate.tokenizer import train_tokenizer
-from pipelines.report import without_text
+from pipelines.result import DedupChanges, RunResult, concat, without_text
 from pipelines.spec import IndexSpec
 
 DEDUP = "dedup"
 
 
-def index_outputs(spec: IndexSpec, out_dir: Path, result: dict, log=print) -> dict:
-    """Runs on the split outputs, updating `result` (files, frames) where dedup changes them;
-    returns what the manifest records of the index."""
+def index_outputs(spec: IndexSpec, out_dir: Path, result: RunResult, log=print) -> RunResult:
+    """Runs on the split outputs; returns the result with dedup's changes and the index's card."""
     kept = sorted((out_dir / "kept").glob("*.parquet"))
     if not kept:
         raise ValueError("no kept documents to index")
@@ -30,44 +30,44 @@ def index_outputs(spec: IndexSpec, out_dir: Path, result: dict, log=print) -> di
         train_tokenizer((t for f in kept for t in pq.read_table(f, columns=["text"])["text"].to_pylist()), tokenizer, spec.vocab)
     info: dict = {"dir": str(out_dir / "index"), "tokenizer": str(tokenizer)}
     if spec.dedup_min_tokens:
-        info["dedup"] = _dedup(kept, tokenizer, spec, out_dir, result, log)
+        changes = dedup(kept, tokenizer, spec, out_dir, log)
+        result = result.with_dedup(changes)
+        info["dedup"] = changes.info
     info["card"] = build_index([str(out_dir / "kept")], tokenizer, out_dir / "index", spec.shard_tokens, overwrite=True, log=log)
-    return info
+    return dataclasses.replace(result, index=info)
 
 
-def _dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, result: dict, log) -> dict:
+def dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, log=print) -> DedupChanges:
+    """Cut repeated spans from the kept files (rewritten in place); an input document left empty
+    is rejected (stage `dedup`), a synthetic one (made by this run) is dropped."""
     scratch = out_dir / "work" / "dedup-index"
     build_index([str(out_dir / "kept")], tokenizer, scratch, spec.shard_tokens, overwrite=True, log=log)
-    changed = removed = emptied = 0
+    files: dict[str, dict | None] = {}
     kept_frames, rejected_frames, dropped_synthetic = [], [], []
+    changed = removed = 0
     for path in kept:
         docs = pl.from_arrow(dedup_documents(pq.read_table(path), scratch, spec.dedup_min_tokens))
         changed += int((docs["dedup_removed_tokens"] > 0).sum())
         removed += int(docs["dedup_removed_tokens"].sum())
         empty = docs["text"].str.strip_chars() == ""
         synthetic = pl.col("parent_id").is_not_null() if "parent_id" in docs.columns else pl.lit(False)
-        # an emptied input document is a rejection; an emptied synthetic one (made by this run) is dropped
         dropped_synthetic += docs.filter(empty & synthetic)["id"].to_list()
         gone = docs.filter(empty & ~synthetic).with_columns(
             reject_stage=pl.lit(DEDUP), reject_reason=pl.format("all {} tokens repeat earlier documents", pl.col("dedup_removed_tokens"))
         )
         docs = docs.filter(~empty)
-        rel = f"kept/{path.name}"
-        result["outputs"].pop(rel)
+        kept_frames.append(without_text(docs))
+        rejected_frames.append(without_text(gone))
         if len(docs):
-            result["outputs"][rel] = {"rows": len(docs), "sha256": write_parquet(docs.to_arrow(), path)}
+            files[f"kept/{path.name}"] = {"rows": len(docs), "sha256": write_parquet(docs.to_arrow(), path)}
         else:
+            files[f"kept/{path.name}"] = None
             path.unlink()
         if len(gone):
             rel = f"rejected/{DEDUP}-{path.name}"
-            result["outputs"][rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), out_dir / rel)}
-        kept_frames.append(docs)
-        rejected_frames.append(gone)
-        emptied += len(gone)
-    result["frames"]["kept"] = pl.concat([without_text(f) for f in kept_frames], how="diagonal_relaxed")
-    result["frames"]["rejected"] = pl.concat([result["frames"]["rejected"], *map(without_text, rejected_frames)], how="diagonal_relaxed")
-    if dropped_synthetic:
-        result["frames"]["synthetic"] = result["frames"]["synthetic"].filter(~pl.col("id").is_in(dropped_synthetic))
-    log(f"dedup: cut {removed} repeated tokens from {changed} documents; {emptied} documents were nothing but repeats")
-    return {"min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed, "documents_rejected": emptied,
-            "synthetic_dropped": len(dropped_synthetic)}
+            files[rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), out_dir / rel)}
+    rejected = concat(rejected_frames)
+    log(f"dedup: cut {removed} repeated tokens from {changed} documents; {len(rejected)} documents were nothing but repeats")
+    info = {"min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed, "documents_rejected": len(rejected),
+            "synthetic_dropped": len(dropped_synthetic)}  # fmt: skip
+    return DedupChanges(files=files, kept=concat(kept_frames), rejected=rejected, dropped_synthetic=dropped_synthetic, info=info)

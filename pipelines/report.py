@@ -8,7 +8,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,58 +17,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from curate.atomic import write_text  # noqa: E402
 from curate.llm import report as llm_report  # noqa: E402
+from curate.stages import Plot, Stage  # noqa: E402
+from pipelines.result import RunResult  # noqa: E402
 
-SNIPPET_CHARS = 400
-
-
-def without_text(frame: pl.DataFrame) -> pl.DataFrame:
-    """What the manifest and report keep of an output part: a snippet instead of the text."""
-    if "text" in frame.columns:
-        return frame.with_columns(snippet=pl.col("text").str.slice(0, SNIPPET_CHARS)).drop("text")
-    return frame.with_columns(snippet=pl.col("raw").str.slice(0, SNIPPET_CHARS))
-
-
-def write(out_dir: Path, manifest: dict, result: dict, stages, samples: int) -> dict:
-    frames = result["frames"]
-    scores: pl.DataFrame = result["scores"]
+def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage], samples: int) -> dict:
+    scores = result.scores
     data = {
         "job": manifest["job"],
         "counts": {k: manifest[k] for k in ("input", "kept", "rejected", "quarantined")},
         "sources": manifest["sources"],
         "stages": manifest["stages"],
         "seconds": manifest["seconds"],
-        "histograms": _histograms(scores, manifest["stages"]),
-        "samples": _samples(frames, manifest["stages"], samples),
+        "histograms": _histograms(scores, [p for stage, params in zip(stages, result.params) for p in stage.plots(params)]),
+        "samples": _samples(result, manifest["stages"], samples),
         "index": manifest.get("index"),
-        "llm": llm_report.section(scores, frames, samples),
+        "llm": llm_report.section(scores, result.kept, result.rejected, result.synthetic, samples),
     }
-    _atomic_write(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
-    _atomic_write(out_dir / "report.html", _html(data))
+    write_text(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
+    write_text(out_dir / "report.html", _html(data))
     return data
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _histograms(scores: pl.DataFrame, stages: list[dict]) -> dict:
-    """log10-perplexity histograms (with the thresholds on the same axis) per scored column."""
+def _histograms(scores: pl.DataFrame, plots: list[Plot]) -> dict:
+    """Histograms of the columns the stages plot, with their thresholds on the same axis (log10
+    for perplexities)."""
     out = {}
-    for stage in stages:
-        if stage["stage"] not in ("perplexity", "harmful"):
-            continue
-        if stage["stage"] == "perplexity":
-            col, lines = "ppl", {f"{k} cut-off": v for k, v in stage["cutoffs"].items()}
-            if stage.get("max_ppl"):
-                lines["max_ppl"] = stage["max_ppl"]
-            log = True
-        elif stage["score"] == "perplexity":
-            col, lines, log = "harmful_ppl", {"threshold": stage["threshold"]}, True
-        else:
-            col, lines, log = "harmful_score", {"threshold": stage["threshold"]}, False
+    for plot in plots:
+        col, lines, log = plot.column, dict(plot.lines), plot.log
         values = scores.filter(pl.col(col).is_not_null())[col].to_numpy() if len(scores) else np.empty(0)
         if log:
             values = np.log10(np.maximum(values, 1e-12))
@@ -81,25 +57,25 @@ def _histograms(scores: pl.DataFrame, stages: list[dict]) -> dict:
     return out
 
 
-def _samples(frames: dict[str, pl.DataFrame], stages: list[dict], n: int) -> dict:
+def _samples(result: RunResult, stages: list[dict], n: int) -> dict:
     def pick(frame: pl.DataFrame, cols: list[str]) -> list[dict]:
         if not len(frame):
             return []
         frame = frame.with_columns(_h=pl.col("id").hash(seed=0)).sort("_h").head(n)
         return frame.select([c for c in cols if c in frame.columns]).to_dicts()
 
-    kept = frames["kept"]
+    kept = result.kept
     out: dict[str, list[dict]] = {}
     if "ppl_bucket" in kept.columns:
         for bucket in ("head", "middle", "tail"):
             out[f"kept, bucket {bucket}"] = pick(kept.filter(pl.col("ppl_bucket") == bucket), ["id", "source", "ppl", "snippet"])
     else:
         out["kept"] = pick(kept, ["id", "source", "snippet"])
-    rejected = frames["rejected"]
+    rejected = result.rejected
     for stage in stages:
         if len(rejected):
             out[f"rejected by {stage['stage']}"] = pick(rejected.filter(pl.col("reject_stage") == stage["stage"]), ["id", "source", "reject_reason", "snippet"])
-    out["quarantined"] = pick(frames["quarantine"], ["id", "source", "error", "snippet"])
+    out["quarantined"] = pick(result.quarantine, ["id", "source", "error", "snippet"])
     return out
 
 

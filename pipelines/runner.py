@@ -6,15 +6,19 @@
    once per actor). The driver gathers each shard's rows and writes `work/shard-N.parquet`
    atomically: a finished shard is never redone when the job is run again.
 3. Filters need run-wide numbers (CCNet percentiles), so each stage fits its thresholds on the
-   scores of the documents that reach it, then every shard is split into kept/, rejected/
-   (with the stage and reason) and quarantine/. manifest.json and the report follow.
+   scores of the documents that reach it (`fit_stages`), then every shard is split into kept/,
+   rejected/ (with the stage and reason) and quarantine/ (`split_shard`), and the parts are
+   collected into a `RunResult`. The index step (pipelines/indexing.py) returns it with dedup's
+   changes; manifest.json and the report are written from it.
+
+Stages come from `curate.registry`: their kind names their settings and class, and the class
+declares the models to resolve, its score columns and the resources of its Ray workers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -25,23 +29,28 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate import harmful, lm
+from curate import harmful, lm, registry
+from curate.atomic import write_text
 from curate.documents import ShardSpec, expand_inputs, plan_shards, read_shard, sha256_file, write_parquet
-from curate.stages import Stage, build_stage
+from curate.ray_runtime import init_ray, ray_log_file
+from curate.stages import Stage
 from pipelines import report
 from pipelines.indexing import DEDUP, index_outputs
-from pipelines.spec import Job, SpecError
+from pipelines.progress import Progress
+from pipelines.result import RunResult, ShardOutput, concat, without_text
+from pipelines.spec import Job, SpecError, StageEntry
 
 QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
 INTERNAL = ("_shard", "_shard_rows")
-KENLM_STAGES = ("perplexity", "harmful")
 
 
-def run_job(job: Job, out: str | Path | None = None, address: str | None = None, fresh: bool = False, log=print) -> dict:
+def run_job(
+    job: Job, out: str | Path | None = None, address: str | None = None, fresh: bool = False, log=print, verbose: bool = False
+) -> dict:
     out_dir = Path(out or job.output_dir()).resolve()
     started = time.time()
     model_dirs = prepare_models(job, log)
-    stages = [build_stage(entry.kind, _resolve_models(entry.kind, entry.config.model_dump(), model_dirs)) for entry in job.stages]
+    stages = [build_stage(entry, model_dirs) for entry in job.stages]
 
     work = out_dir / "work"
     state_file = work / "state.json"
@@ -55,25 +64,25 @@ def run_job(job: Job, out: str | Path | None = None, address: str | None = None,
         if previous != config_hash:
             raise SpecError(f"{out_dir} holds a run of another configuration (hash {previous}, this job is {config_hash}): use another --out, or --fresh to start over")
     work.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
+    write_text(state_file, json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
 
     files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
     shards = plan_shards(files, job.shard_docs)
     pending = [s for s in shards if not _shard_file(work, s.shard).is_file()]
     log(f"{len(shards)} shards from {len(files)} files; {len(shards) - len(pending)} already done, {len(pending)} to process")
+    if pending or job.index:  # Ray's records go to OUT/logs/ray.log (and the terminal with --verbose)
+        init_ray(address, verbose, ray_log_file(out_dir))
     if pending:
-        t0 = time.time()
         with contextlib.ExitStack() as serving:  # what stages need while the plan runs (LLM servers)
             for stage in stages:
                 serving.enter_context(stage.serving())
-            score_shards(pending, stages, job, work, address, log)
-        log(f"read and scored {len(pending)} shards in {time.time() - t0:.1f} s")
+            score_shards(pending, stages, job, work, address, verbose)
 
     t0 = time.time()
     result = split_outputs(shards, stages, work, out_dir, log)
     log(f"fitted thresholds and split outputs in {time.time() - t0:.1f} s")
     if job.index:
-        result["index"] = index_outputs(job.index, out_dir, result, log)
+        result = index_outputs(job.index, out_dir, result, log)
     manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
     report.write(out_dir, manifest, result, stages, job.report_samples)
     log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
@@ -112,11 +121,11 @@ def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
     raise SpecError(f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) nor a model directory")
 
 
-def _resolve_models(kind: str, config: dict[str, Any], model_dirs: dict[str, str]) -> dict[str, Any]:
-    """KenLM stages name their models by job name or path; other stages' settings pass as they are."""
-    if kind not in KENLM_STAGES:
-        return config
-    return {k: (_resolve(v, model_dirs) if k in ("model", "reference") and v else v) for k, v in config.items()}
+def build_stage(entry: StageEntry, model_dirs: dict[str, str]) -> Stage:
+    """The stage of a job entry, its model settings (`Stage.models`) resolved to directories."""
+    cls = registry.stage_class(entry.kind)
+    models = {name: _resolve(value, model_dirs) for name in cls.models if (value := getattr(entry.config, name))}
+    return cls(entry.config.model_copy(update=models))
 
 
 def _shard_file(work: Path, shard: int) -> Path:
@@ -152,45 +161,38 @@ def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
     return ShardDatasource()
 
 
-def score_shards(pending: list[ShardSpec], stages: list[Stage], job: Job, work: Path, address: str | None, log) -> None:
+def score_shards(
+    pending: list[ShardSpec], stages: list[Stage], job: Job, work: Path, address: str | None, verbose: bool = False
+) -> None:
     import ray
 
-    _init_ray(address)
+    init_ray(address)
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Ray's CPU shares are logical: reads and every stage's actors run side by side and share
     # the cores, so each asks for a fraction and none can starve the others of a slot.
     share = 1 / (len(stages) + 1)
     ds = ray.data.read_datasource(_shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share)
     for stage in stages:
-        ds = stage.plan(ds, workers=workers, batch_docs=job.batch_docs, cpu_share=share)
-    sink = _ShardSink(work, len(pending), log)
-    # no prefetching: with it Ray Data hands over a block only once the next one exists, so the
-    # shard that finishes last but one would wait for the slowest (an LLM shard) to be written
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
-        sink.add(batch)
+        ds = stage.plan(ds, job.batch_docs, stage.resources.resolve(share, workers))
+    docs = sum(s.stop - s.start for s in pending)
+    # with --verbose Ray's own lines share the terminal, so progress prints lines, not one in place
+    with Progress("scoring", len(pending), docs, updating=False if verbose else None) as progress:
+        sink = _ShardSink(work, progress)
+        # no prefetching: with it Ray Data hands over a block only once the next one exists, so the
+        # shard that finishes last but one would wait for the slowest (an LLM shard) to be written
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            sink.add(batch)
     if sink.open:
         raise RuntimeError(f"shards {sorted(sink.open)} ended incomplete")
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
 
 
 class _ShardSink:
     """Gathers rows by shard on the driver; writes a shard once all its rows have arrived."""
 
-    def __init__(self, work: Path, total: int, log):
-        self.work, self.total, self.log = work, total, log
+    def __init__(self, work: Path, progress: Progress):
+        self.work, self.progress = work, progress
         self.parts: dict[int, list[pa.Table]] = defaultdict(list)
         self.seen: dict[int, int] = defaultdict(int)
-        self.done = 0
 
     @property
     def open(self) -> list[int]:
@@ -208,17 +210,34 @@ class _ShardSink:
             if self.seen[shard] == part["_shard_rows"][0].as_py():
                 table = pa.concat_tables(self.parts.pop(shard)).sort_by("input_row").drop_columns(list(INTERNAL))
                 write_parquet(table, _shard_file(self.work, shard))
-                self.done += 1
-                self.log(f"shard {shard} done ({len(table)} documents) [{self.done}/{self.total}]")
+                self.progress.advance(len(table))
 
 
 # ---------------------------------------------------------------- phase 2: fit thresholds, split
 
 
-def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log) -> dict:
-    files = [_shard_file(work, s.shard) for s in shards]
-    score_cols = ["id", "source", "error"] + [c for s in stages for c in s.score_columns]
-    scores = pl.concat([pl.read_parquet(f, columns=score_cols) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log) -> RunResult:
+    """Fit the stages on the run's scores, split every shard with the fitted parameters, collect."""
+    scored = [_shard_file(work, s.shard) for s in shards]
+    scores = read_scores(scored, stages)
+    params = fit_stages(stages, scores, log)
+    for sub in ("kept", "rejected", "quarantine"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    split = [split_shard(spec.shard, path, stages, params, out_dir) for spec, path in zip(shards, scored)]
+    result = RunResult.collect(split, params, scores)
+    log(f"wrote {len(result.files)} output files to {out_dir}")
+    return result
+
+
+def read_scores(files: list[Path], stages: list[Stage]) -> pl.DataFrame:
+    """id, source, error and every stage's score columns of all the scored shards."""
+    columns = ["id", "source", "error"] + [c for s in stages for c in s.columns]
+    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+
+
+def fit_stages(stages: list[Stage], scores: pl.DataFrame, log) -> list[dict[str, Any]]:
+    """Each stage's run-wide parameters, fitted on the valid documents that reach it (not
+    rejected by an earlier stage)."""
     valid = scores.filter(pl.col("error").is_null()).with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
     params = []
     for stage in stages:
@@ -226,45 +245,36 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
         params.append(p)
         valid = _apply(valid, stage, p)
         log(f"stage {stage.name}: {json.dumps(p)}")
-
-    for sub in ("kept", "rejected", "quarantine"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    outputs: dict[str, dict] = {}
-    frames: dict[str, list[pl.DataFrame]] = {"kept": [], "rejected": [], "quarantine": [], "synthetic": []}
-    seconds: dict[str, float] = defaultdict(float)
-    for spec, path in zip(shards, files):
-        df = pl.read_parquet(path)
-        for col in [c for c in df.columns if c.startswith("_seconds_")]:
-            seconds[col.removeprefix("_seconds_")] += float(df[col].sum())
-        df = df.drop([c for c in df.columns if c.startswith("_seconds_")])
-        quarantined = df.filter(pl.col("error").is_not_null()).select(QUARANTINE_COLUMNS)
-        docs = df.filter(pl.col("error").is_null()).drop(["error", "raw"]).with_columns(
-            reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String)
-        )
-        for stage, p in zip(stages, params):
-            docs = _apply(docs, stage, p)
-        parts = {
-            "kept": docs.filter(pl.col("reject_stage").is_null()).drop(["reject_stage", "reject_reason"]),
-            "rejected": docs.filter(pl.col("reject_stage").is_not_null()),
-            "quarantine": quarantined,
-        }
-        # new documents made from the kept ones (WRAP rephrases) are kept beside them
-        synthetic = _concat([s for s in (stage.synthesize(parts["kept"]) for stage in stages) if s is not None])
-        if len(synthetic):
-            frames["synthetic"].append(report.without_text(synthetic))
-            parts["kept"] = pl.concat([parts["kept"], synthetic], how="diagonal_relaxed")
-        for sub, frame in parts.items():
-            if len(frame):
-                rel = f"{sub}/part-{spec.shard:05d}.parquet"
-                sha = write_parquet(frame.to_arrow(), out_dir / rel)
-                outputs[rel] = {"rows": len(frame), "sha256": sha}
-                frames[sub].append(report.without_text(frame))
-    log(f"wrote {len(outputs)} output files to {out_dir}")
-    return {"outputs": outputs, "params": params, "seconds": dict(seconds), "frames": {k: _concat(v) for k, v in frames.items()}, "scores": scores}
+    return params
 
 
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+def split_shard(shard: int, path: Path, stages: list[Stage], params: list[dict[str, Any]], out_dir: Path) -> ShardOutput:
+    """Write one scored shard's kept/, rejected/ and quarantine/ parts (plus the documents the
+    stages make from the kept ones)."""
+    df = pl.read_parquet(path)
+    timing = [c for c in df.columns if c.startswith("_seconds_")]
+    seconds = {c.removeprefix("_seconds_"): float(df[c].sum()) for c in timing}
+    df = df.drop(timing)
+    docs = df.filter(pl.col("error").is_null()).drop(["error", "raw"])
+    docs = docs.with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
+    for stage, p in zip(stages, params):
+        docs = _apply(docs, stage, p)
+    parts = {
+        "kept": docs.filter(pl.col("reject_stage").is_null()).drop(["reject_stage", "reject_reason"]),
+        "rejected": docs.filter(pl.col("reject_stage").is_not_null()),
+        "quarantine": df.filter(pl.col("error").is_not_null()).select(QUARANTINE_COLUMNS),
+    }
+    # new documents made from the kept ones (WRAP rephrases) are kept beside them
+    synthetic = concat([s for s in (stage.synthesize(parts["kept"]) for stage in stages) if s is not None])
+    if len(synthetic):
+        parts["kept"] = pl.concat([parts["kept"], synthetic], how="diagonal_relaxed")
+    files = {}
+    for sub, frame in parts.items():
+        if len(frame):
+            rel = f"{sub}/part-{shard:05d}.parquet"
+            files[rel] = {"rows": len(frame), "sha256": write_parquet(frame.to_arrow(), out_dir / rel)}
+    rows = {sub: without_text(frame) if len(frame) else pl.DataFrame() for sub, frame in parts.items()}
+    return ShardOutput(files=files, synthetic=without_text(synthetic) if len(synthetic) else pl.DataFrame(), seconds=seconds, **rows)
 
 
 def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
@@ -280,9 +290,8 @@ def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
 # ---------------------------------------------------------------- accounting
 
 
-def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, result: dict, out_dir: Path, seconds: float) -> dict:
-    frames = result["frames"]
-    scores: pl.DataFrame = result["scores"]
+def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, result: RunResult, out_dir: Path, seconds: float) -> dict:
+    scores = result.scores
     total_input = sum(s.stop - s.start for s in shards)
     stage_names = [e.kind for e in job.stages] + ([DEDUP] if job.index and job.index.dedup_min_tokens else [])
 
@@ -292,10 +301,10 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
                 return 0
             return len(frame) if source is None else int((frame["source"] == source).sum())
 
-        rejected = frames["rejected"]
+        rejected = result.rejected
         by_stage = {name: n(rejected.filter(pl.col("reject_stage") == name)) if len(rejected) else 0 for name in stage_names}
-        synthetic = n(frames["synthetic"])  # inside kept/, but made here, not input
-        return {"input": n(scores), "kept": n(frames["kept"]) - synthetic, "synthetic": synthetic, "rejected": by_stage, "quarantined": n(frames["quarantine"])}
+        synthetic = n(result.synthetic)  # inside kept/, but made here, not input
+        return {"input": n(scores), "kept": n(result.kept) - synthetic, "synthetic": synthetic, "rejected": by_stage, "quarantined": n(result.quarantine)}
 
     manifest = {
         "job": job.name,
@@ -303,10 +312,10 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
         **counts(None),
         "sources": {src: counts(src) for src in sorted(scores["source"].unique().to_list())} if len(scores) else {},
         "inputs": [{"path": str(p), "source": s, "sha256": sha256_file(p)} for p, s in files],
-        "shards": result["outputs"],
-        "stages": [{"stage": name, **p} for name, p in zip(stage_names, result["params"])],
-        "index": result.get("index"),
-        "seconds": {"total": round(seconds, 2), **{k: round(v, 2) for k, v in result["seconds"].items()}},
+        "shards": result.files,
+        "stages": [{"stage": name, **p} for name, p in zip(stage_names, result.params)],
+        "index": result.index,
+        "seconds": {"total": round(seconds, 2), **{k: round(v, 2) for k, v in result.seconds.items()}},
     }
     for scope, c in [("run", manifest)] + list(manifest["sources"].items()):
         accounted = c["kept"] + sum(c["rejected"].values()) + c["quarantined"]
@@ -314,7 +323,5 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
             raise RuntimeError(f"accounting broken for {scope}: input {c['input']} != kept + rejected + quarantined {accounted}")
     if manifest["input"] != total_input:
         raise RuntimeError(f"accounting broken: {total_input} input records but {manifest['input']} rows were read")
-    tmp = out_dir / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_dir / "manifest.json")
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

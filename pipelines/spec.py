@@ -3,21 +3,17 @@ errors that name the key path (`stages.1.perplexity.keep.0: ...`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, SerializationInfo, ValidationError, create_model, model_serializer, model_validator
 
-from curate.llm.config import RateConfig, RephraseConfig, SelectConfig
-
-Bucket = Literal["head", "middle", "tail"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from curate import registry
+from curate.registry import Strict
 
 
 class Input(Strict):
@@ -47,53 +43,35 @@ class ModelTraining(Strict):
         return [TrainingInput(path=i).model_dump() if isinstance(i, str) else i.model_dump() for i in self.input]
 
 
-class PerplexityStage(Strict):
-    model: str
-    percentiles: tuple[float, float] = (30.0, 60.0)
-    cutoffs: tuple[float, float] | None = Field(None, description="fixed head/middle upper bounds instead of percentiles")
-    keep: list[Bucket] = ["head", "middle", "tail"]
-    max_ppl: float | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PerplexityStage:
-        lo, hi = self.cutoffs if self.cutoffs else self.percentiles
-        if not lo <= hi:
-            raise ValueError("the head bound must not exceed the middle bound")
-        if not self.cutoffs and not (0 <= lo <= 100 and 0 <= hi <= 100):
-            raise ValueError("percentiles must lie in [0, 100]")
-        return self
-
-
-class HarmfulStage(Strict):
-    model: str
-    reference: str | None = Field(None, description="benign reference model; default: the one the model was calibrated with")
-    score: Literal["perplexity", "contrastive"] | None = Field(None, description="default: the better one found by calibration")
-    threshold: float | Literal["card", "valley"] = "card"
-
-
 class StageEntry(Strict):
-    perplexity: PerplexityStage | None = None
-    harmful: HarmfulStage | None = None
-    rephrase: RephraseConfig | None = None
-    rate: RateConfig | None = None
-    select: SelectConfig | None = None
+    """One item of `stages:`, a mapping with exactly one key: the stage's kind (see
+    `curate.registry`), whose settings are validated by that kind's model."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("perplexity", "harmful", "rephrase", "rate", "select")
+    kind: str
+    config: Strict
 
-    @model_validator(mode="after")
-    def _one(self) -> StageEntry:
-        set_ = [k for k in self.KINDS if getattr(self, k) is not None]
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one(cls, data: Any, handler: Any) -> StageEntry:
+        if isinstance(data, StageEntry):
+            return data
+        kinds = registry.kinds()
+        given = _entry_model(tuple((k, registry.STAGES[k]) for k in kinds)).model_validate(data)
+        set_ = [k for k in kinds if getattr(given, k) is not None]
         if len(set_) != 1:
-            raise ValueError(f"each stage is a mapping with exactly one key: {', '.join(self.KINDS)}")
-        return self
+            raise ValueError(f"each stage is a mapping with exactly one key: {', '.join(kinds)}")
+        return cls.model_construct(kind=set_[0], config=getattr(given, set_[0]))
 
-    @property
-    def kind(self) -> str:
-        return next(k for k in self.KINDS if getattr(self, k) is not None)
+    @model_serializer(mode="plain")
+    def _dump(self, info: SerializationInfo) -> dict[str, Any]:
+        return {self.kind: self.config.model_dump(mode=info.mode, exclude_none=info.exclude_none)}
 
-    @property
-    def config(self) -> BaseModel:
-        return getattr(self, self.kind)
+
+@functools.cache
+def _entry_model(entries: tuple[tuple[str, registry.StageKind], ...]) -> type[Strict]:
+    """A model with one optional field per registered kind, so errors name `stages.N.<kind>.<key>`."""
+    fields: dict[str, Any] = {kind: (registry.config_class(kind) | None, None) for kind, _ in entries}
+    return create_model("Stage", __base__=Strict, **fields)
 
 
 class IndexSpec(Strict):

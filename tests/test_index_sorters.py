@@ -84,7 +84,7 @@ def test_clear_errors(tmp_path, monkeypatch):
     (tmp_path / "tokenized.1").write_bytes(b"")
     with pytest.raises(SortError, match=r"tokenized.1: the shard is empty"):
         build_suffix_array(tmp_path, 1, 2, "libsais")
-    assert not list(tmp_path.glob("table.*")) and not list(tmp_path.glob(".partial-*"))
+    assert not list(tmp_path.glob("table.*")) and not list(tmp_path.glob(".table.*"))
 
     monkeypatch.setattr(suffix_array, "LIBSAIS_CACHE", tmp_path / "nowhere")
     suffix_array._sort_shard_function.cache_clear()

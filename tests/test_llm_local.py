@@ -15,6 +15,7 @@ from curate.llm.chunking import chunk_text, head_and_tail, sentence_spans
 from curate.llm.generation import vllm_config
 from curate.llm.prompts import CRITERIA
 from curate.llm.server import LocalServer, free_port
+from curate.llm.config import RateConfig, RephraseConfig
 from curate.llm.stages import RateStage, RephraseStage
 from curate.local_model import GEMMA_NAME, gemma_path
 from curate.tokenizer import load_tokenizer
@@ -60,7 +61,7 @@ def test_server_starts_answers_and_stops():
 
 
 def test_serving_stops_the_server_when_the_job_fails():
-    stage = RateStage(max_tokens=16)
+    stage = RateStage(RateConfig(max_tokens=16))
     with pytest.raises(RuntimeError, match="job failed"), stage.serving():
         assert stage.url and _llama_servers()
         raise RuntimeError("job failed")
@@ -95,11 +96,11 @@ def test_long_documents_keep_their_head_and_tail_tokens():
 
 
 def test_vllm_backend_is_a_processor_config():
-    config = vllm_config(RateStage(backend="vllm", llm="RuPeng/DataMan-1.5B-EN", batch_size=32, concurrency=2).config)
+    config = vllm_config(RateStage(RateConfig(backend="vllm", llm="RuPeng/DataMan-1.5B-EN", batch_size=32, concurrency=2)).config)
     assert type(config).__name__ == "vLLMEngineProcessorConfig"
     assert (config.model_source, config.batch_size, config.should_continue_on_error) == ("RuPeng/DataMan-1.5B-EN", 32, True)
     assert config.engine_kwargs["max_model_len"] == 4096
-    stage = RephraseStage(backend="vllm", llm="mistralai/Mistral-7B-Instruct-v0.2", sampling={"typical_p": 0.9})
+    stage = RephraseStage(RephraseConfig(backend="vllm", llm="mistralai/Mistral-7B-Instruct-v0.2", sampling={"typical_p": 0.9}))
     with pytest.raises(ValueError, match="typical_p"):
         from curate.llm.generation import _vllm_pass
 

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from indexes.engine import Engine
 from pipelines.indexing import index_outputs
+from pipelines.result import RunResult
 from pipelines.runner import run_job
 from pipelines.spec import IndexSpec, load_job
 
@@ -54,12 +55,14 @@ def test_dedup_drops_emptied_synthetic_documents_without_charging_the_input(tmp_
     part = tmp_path / "kept" / "part-00000.parquet"
     part.parent.mkdir()
     kept.write_parquet(part)
-    result = {
-        "outputs": {"kept/part-00000.parquet": {"rows": len(kept)}},
-        "frames": {"kept": kept.drop("text"), "rejected": pl.DataFrame(), "quarantine": pl.DataFrame(), "synthetic": kept.filter(pl.col("parent_id").is_not_null()).drop("text")},
-    }
-    info = index_outputs(IndexSpec(vocab=1000, dedup_min_tokens=20), tmp_path, result, log=lambda *_: None)
-    assert info["dedup"]["documents_rejected"] == 1 and info["dedup"]["synthetic_dropped"] == 1
-    assert result["frames"]["rejected"]["id"].to_list() == ["copy-of-2"]
-    assert len(result["frames"]["synthetic"]) == 0
-    assert sorted(result["frames"]["kept"]["id"]) == sorted(d["id"] for d in docs)
+    split = RunResult(
+        files={"kept/part-00000.parquet": {"rows": len(kept)}}, params=[], seconds={}, scores=pl.DataFrame(),
+        kept=kept.drop("text"), rejected=pl.DataFrame(), quarantine=pl.DataFrame(), synthetic=kept.filter(pl.col("parent_id").is_not_null()).drop("text"),
+    )  # fmt: skip
+    result = index_outputs(IndexSpec(vocab=1000, dedup_min_tokens=20), tmp_path, split, log=lambda *_: None)
+    assert result.index["dedup"]["documents_rejected"] == 1 and result.index["dedup"]["synthetic_dropped"] == 1
+    assert result.rejected["id"].to_list() == ["copy-of-2"]
+    assert len(result.synthetic) == 0
+    assert sorted(result.kept["id"]) == sorted(d["id"] for d in docs)
+    assert result.files["kept/part-00000.parquet"]["rows"] == len(docs) and result.files["rejected/dedup-part-00000.parquet"]["rows"] == 1
+    assert len(split.rejected) == 0 and len(split.synthetic) == 1 and split.index is None  # returned, not edited in place

@@ -4,7 +4,9 @@ run-wide thresholds are fitted only on the documents that reach it."""
 import polars as pl
 import pytest
 
-from curate.stages import PerplexityStage, Stage
+from curate.perplexity.config import PerplexityConfig
+from curate.perplexity.stages import PerplexityFilter
+from curate.stages import Stage
 from pipelines.runner import _apply
 
 
@@ -27,7 +29,7 @@ def _docs():
 
 
 def test_first_rejecting_stage_wins():
-    perplexity = PerplexityStage(model="unused", cutoffs=(15, 35), keep=["head", "middle"])
+    perplexity = PerplexityFilter(PerplexityConfig(model="unused", cutoffs=(15, 35), keep=["head", "middle"]))
     df = _apply(_docs(), RejectIds(["d", "e"]), {})
     df = _apply(df, perplexity, perplexity.fit(df))
     assert df["reject_stage"].to_list() == [None, None, None, "ids", "ids"]  # d and e are tail too, but ids came first
@@ -35,13 +37,13 @@ def test_first_rejecting_stage_wins():
 
 
 def test_percentiles_fit_on_documents_reaching_the_stage():
-    perplexity = PerplexityStage(model="unused", percentiles=(50, 75))
+    perplexity = PerplexityFilter(PerplexityConfig(model="unused", percentiles=(50, 75)))
     df = _apply(_docs(), RejectIds(["e"]), {})
     params = perplexity.fit(df.filter(pl.col("reject_stage").is_null()))
     assert params["cutoffs"] == {"head": pytest.approx(25.0), "middle": pytest.approx(32.5)}  # e's 1000 is not counted
 
 
 def test_max_ppl_reason():
-    perplexity = PerplexityStage(model="unused", cutoffs=(100, 200), max_ppl=35)
+    perplexity = PerplexityFilter(PerplexityConfig(model="unused", cutoffs=(100, 200), max_ppl=35))
     df = _apply(_docs(), perplexity, perplexity.fit(_docs()))
-    assert df["reject_reason"].to_list()[3:] == ["ppl 40.0 > max_ppl 35", "ppl 1000.0 > max_ppl 35"]
+    assert df["reject_reason"].to_list()[3:] == ["ppl 40.0 > max_ppl 35.0", "ppl 1000.0 > max_ppl 35.0"]  # settings are validated: a float

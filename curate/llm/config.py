@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from curate.llm.prompts import CRITERIA, WRAP_STYLES
+from curate.registry import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Sampling(_Strict):
+class Sampling(Strict):
     """Decoding settings, sent with every request and recorded in the manifest."""
 
     temperature: float = Field(0.7, ge=0)
@@ -23,7 +20,7 @@ class Sampling(_Strict):
     seed: int = 1234
 
 
-class GenerationBackend(_Strict):
+class GenerationBackend(Strict):
     """Where generation runs. `local`: curate starts a llama.cpp server on 127.0.0.1 (Gemma 3
     270M unless `llm` names another GGUF); `openai`: any OpenAI-compatible endpoint at `url`;
     `vllm`: vLLM inside the Ray workers (GPUs, the `vllm` extra)."""
@@ -83,7 +80,7 @@ class RateConfig(GenerationBackend):
         return self
 
 
-class SelectConfig(_Strict):
+class SelectConfig(Strict):
     """DataMan's sampling strategies (`data_tools/select_subset.py`)."""
 
     strategy: Literal["top_k", "overall_score", "sum", "uniform"] = "overall_score"

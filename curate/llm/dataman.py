@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from curate.llm.prompts import CRITERIA, DATAMAN_DOMAINS
 
 DOMAINS = "".join(DATAMAN_DOMAINS)
+DATAMAN_COLUMNS = ("dataman_domain", *(f"dataman_{c}" for c in CRITERIA))  # what a rating fills in
 _DOMAIN = re.compile(r"Domain(?: Type)?s?\s*:\s*\**\s*\[?\s*([A-Z])\s*\]?", re.IGNORECASE)
 
 

@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
 
 from curate.llm.chunking import head_and_tail
+from curate.llm.dataman import DATAMAN_COLUMNS
 from curate.llm.prompts import CRITERIA
 from curate.tokenizer import load_tokenizer
 
@@ -99,8 +100,6 @@ class DistilledActor:
         self.tokenizer, self.keep = load_tokenizer(tokenizer), keep
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.llm.stages import DATAMAN_COLUMNS
-
         valid = np.array([e is None for e in batch["error"].to_pylist()], bool)
         texts = [t for t, ok in zip(batch["text"].to_pylist(), valid) if ok]
         ratings = self.rater.rate(texts) if texts else {}

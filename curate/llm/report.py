@@ -10,17 +10,17 @@ import polars as pl
 from curate.llm.prompts import CRITERIA, DATAMAN_DOMAINS
 
 
-def section(scores: pl.DataFrame, frames: dict[str, pl.DataFrame], samples: int) -> dict | None:
-    """JSON-ready figures, or None when the run had no LLM stage."""
+def section(scores: pl.DataFrame, kept: pl.DataFrame, rejected: pl.DataFrame, synthetic: pl.DataFrame, samples: int) -> dict | None:
+    """JSON-ready figures, or None when the run had no LLM stage (the frames: a run's rows, with
+    a `snippet` instead of the text)."""
     out: dict = {}
     if "dataman_overall" in scores.columns:
         rated = scores.filter(pl.col("dataman_overall").is_not_null())
         out["rated"], out["unrated"] = len(rated), int(scores.filter(pl.col("error").is_null())["dataman_overall"].is_null().sum())
         out["criteria"] = {c: [int((rated[f"dataman_{c}"] == s).sum()) for s in range(1, 6)] for c in CRITERIA}
         out["domains"] = {f"{k} {DATAMAN_DOMAINS[k]}": n for k, n in sorted(rated["dataman_domain"].value_counts().iter_rows())}
-    synthetic = frames.get("synthetic", pl.DataFrame())
     if len(synthetic):
-        originals = pl.concat([frames["kept"], frames["rejected"]], how="diagonal_relaxed").select(pl.col("id").alias("parent_id"), pl.col("snippet").alias("original"))
+        originals = pl.concat([kept, rejected], how="diagonal_relaxed").select(pl.col("id").alias("parent_id"), pl.col("snippet").alias("original"))
         pairs = synthetic.join(originals, on="parent_id").sort("id").head(samples)
         out["rephrases"] = pairs.select("parent_id", "wrap_style", "wrap_model", "original", pl.col("snippet").alias("rephrase")).to_dicts()
     return out or None

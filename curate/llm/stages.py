@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 from curate.llm import dataman, selection, wrap
 from curate.llm.chunking import chunk_text, head_and_tail
 from curate.llm.config import GenerationBackend, RateConfig, RephraseConfig, SelectConfig
+from curate.llm.dataman import DATAMAN_COLUMNS
 from curate.llm.generation import ANSWER, ERROR, PROMPT, TOKENS, generation_pass
 from curate.llm.prompts import CRITERIA, DATAMAN_SYSTEM, dataman_prompt, wrap_prompt
 from curate.llm.server import LocalServer
 from curate.local_model import GEMMA_NAME, gemma_path
-from curate.stages import Stage
+from curate.stages import Resources, Stage
 from curate.tokenizer import shared_tokenizer
 
 GENERATION_COLUMNS = [PROMPT, ANSWER, ERROR, TOKENS]
@@ -37,7 +38,8 @@ class LLMStage(Stage):
 
     config: GenerationBackend
 
-    def __init__(self) -> None:
+    def __init__(self, config: GenerationBackend) -> None:
+        super().__init__(config)
         self.url = self.config.url
         self.model = self.config.llm or ""
         self.tokenizer = self.config.tokenizer or self.config.llm
@@ -55,10 +57,10 @@ class LLMStage(Stage):
             self.url, self.model = server.url, server.name
             yield
 
-    def generate(self, ds, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
+    def generate(self, ds, sampling: dict[str, Any], system: str | None, cpus: float, many: bool = False):
         if self.config.backend in ("local", "openai") and not self.url:
             raise RuntimeError(f"stage {self.name}: no endpoint; run the plan inside `with stage.serving():`")
-        return generation_pass(ds, self.config, self.url, self.model, sampling, system, cpu_share, many)
+        return generation_pass(ds, self.config, self.url, self.model, sampling, system, cpus, many)
 
 
 # ---------------------------------------------------------------- rephrase (WRAP)
@@ -76,25 +78,27 @@ class RephraseStage(LLMStage):
     regrouped by document (a groupby, i.e. a shuffle, so shards are written at the end)."""
 
     name = "rephrase"
+    columns = ("wrap_error", "wrap_tokens")  # the scores; the rephrases themselves are wrap_<style>
+    config: RephraseConfig
 
-    def __init__(self, **config: Any):
-        self.config = RephraseConfig(**config)
-        super().__init__()
+    def __init__(self, config: RephraseConfig):
+        super().__init__(config)
         self.styles = list(self.config.styles)
         self.style_columns = [f"wrap_{s}" for s in self.styles]
-        self.score_columns = ("wrap_error", "wrap_tokens")
 
-    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+    def plan(self, ds, batch_docs: int, resources: Resources):
+        cpus = resources.cpus
         requests = functools.partial(_wrap_requests, styles=self.styles, template=self.config.template, tokenizer=self.tokenizer, chunk_tokens=self.config.chunk_tokens)
-        ds = ds.map_batches(requests, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
+        ds = ds.map_batches(requests, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpus)
         sampling = self.config.sampling.model_dump()
         if self.config.backend == "vllm":
-            ds = ds.map_batches(_row_per_prompt, batch_format="pyarrow", num_cpus=cpu_share)
-            ds = self.generate(ds, sampling, None, cpu_share)
-            ds = ds.groupby(WRAP_DOC, num_partitions=workers).map_groups(_row_per_document, batch_format="pyarrow", num_cpus=cpu_share)
+            ds = ds.map_batches(_row_per_prompt, batch_format="pyarrow", num_cpus=cpus)
+            ds = self.generate(ds, sampling, None, cpus)
+            groups = ds.groupby(WRAP_DOC, num_partitions=resources.concurrency)
+            ds = groups.map_groups(_row_per_document, batch_format="pyarrow", num_cpus=cpus)
         else:
-            ds = self.generate(ds, sampling, None, cpu_share, many=True)
-        return ds.map_batches(functools.partial(_assemble_rephrases, styles=self.styles), batch_format="pyarrow", num_cpus=cpu_share)
+            ds = self.generate(ds, sampling, None, cpus, many=True)
+        return ds.map_batches(functools.partial(_assemble_rephrases, styles=self.styles), batch_format="pyarrow", num_cpus=cpus)
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         failed = int(scores["wrap_error"].is_not_null().sum()) if len(scores) else 0
@@ -104,9 +108,6 @@ class RephraseStage(LLMStage):
             "ratio": list(self.config.ratio), "documents": len(scores), "with_failed_style": failed,
             "generated_tokens": int(scores["wrap_tokens"].sum()) if len(scores) else 0,
         }  # fmt: skip
-
-    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
-        return df.with_columns(_reason=pl.lit(None, pl.String))
 
     def synthesize(self, kept: pl.DataFrame) -> pl.DataFrame | None:
         """The rephrases as new documents, `ratio` real:synthetic: as many as kept * s / r,
@@ -205,7 +206,6 @@ def _assemble_rephrases(batch: pa.Table, styles: list[str]) -> pa.Table:
 # ---------------------------------------------------------------- rate (DataMan)
 
 
-DATAMAN_COLUMNS = ("dataman_domain", *(f"dataman_{c}" for c in CRITERIA))
 RATING_TYPES = {"dataman_domain": pa.string(), "dataman_answer": pa.large_string(), "dataman_error": pa.string(), PROMPT: pa.large_string()}  # scores: int8
 
 
@@ -215,15 +215,16 @@ class RateStage(LLMStage):
     then the document stays unrated: null ratings, `dataman_answer` and `dataman_error` say why."""
 
     name = "rate"
-    score_columns = (*DATAMAN_COLUMNS, "dataman_tokens", "dataman_answer", "dataman_error")
+    columns = (*DATAMAN_COLUMNS, "dataman_tokens", "dataman_answer", "dataman_error")
+    config: RateConfig
 
-    def __init__(self, **config: Any):
-        self.config = RateConfig(**config)
-        if self.config.backend == "distilled":
-            self.url, self.model = None, f"distilled:{self.config.distilled}"
-            self.tokenizer = self.config.tokenizer or gemma_path()  # counts tokens as the LLM rater did
-        else:
-            super().__init__()
+    def __init__(self, config: RateConfig):
+        if config.backend != "distilled":
+            super().__init__(config)
+            return
+        Stage.__init__(self, config)
+        self.url, self.model = None, f"distilled:{config.distilled}"
+        self.tokenizer = config.tokenizer or gemma_path()  # counts tokens as the LLM rater did
 
     def sampling(self, attempt: int) -> dict[str, Any]:
         temperature = 0.0 if attempt == 0 else self.config.retry_temperature
@@ -232,17 +233,18 @@ class RateStage(LLMStage):
             out["grammar"] = dataman.answer_grammar()
         return out
 
-    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
+    def plan(self, ds, batch_docs: int, resources: Resources):
         if self.config.backend == "distilled":
-            from curate.llm.distill import DistilledActor
+            from curate.llm.distill import DistilledActor  # scikit-learn: loaded only for this backend
 
             kwargs = {"path": self.config.distilled, "tokenizer": self.tokenizer, "keep": self.config.keep_tokens}
-            return ds.map_batches(DistilledActor, fn_constructor_kwargs=kwargs, batch_size=batch_docs, batch_format="pyarrow", compute=_actors(workers), num_cpus=cpu_share)
+            actors = _actors(resources.concurrency)
+            return ds.map_batches(DistilledActor, fn_constructor_kwargs=kwargs, batch_size=batch_docs, batch_format="pyarrow", compute=actors, **resources.ray_options())
         prepare = functools.partial(_rating_requests, tokenizer=self.tokenizer, keep=self.config.keep_tokens)
-        ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpu_share)
+        ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=batch_docs, num_cpus=resources.cpus)
         for attempt in range(self.config.retries + 1):
-            ds = self.generate(ds, self.sampling(attempt), DATAMAN_SYSTEM, cpu_share)
-            ds = ds.map_batches(_read_ratings, batch_format="pyarrow", num_cpus=cpu_share)
+            ds = self.generate(ds, self.sampling(attempt), DATAMAN_SYSTEM, resources.cpus)
+            ds = ds.map_batches(_read_ratings, batch_format="pyarrow", num_cpus=resources.cpus)
         return ds.drop_columns([PROMPT])
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
@@ -252,9 +254,6 @@ class RateStage(LLMStage):
             "domains": dict(sorted(rated["dataman_domain"].value_counts().iter_rows())) if len(rated) else {},
             "mean": {c: round(float(rated[f"dataman_{c}"].mean()), 3) for c in CRITERIA} if len(rated) else {},
         }  # fmt: skip
-
-    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
-        return df.with_columns(_reason=pl.lit(None, pl.String))
 
 
 def _actors(workers: int):
@@ -314,14 +313,8 @@ def _read_ratings(batch: pa.Table) -> pa.Table:
 class SelectStage(Stage):
     """Choose documents by their DataMan ratings within a token budget (see `selection`)."""
 
-    name = "select"
-    score_columns: tuple[str, ...] = ()
-
-    def __init__(self, **config: Any):
-        self.config = SelectConfig(**config)
-
-    def plan(self, ds, workers: int, batch_docs: int, cpu_share: float):
-        return ds  # nothing to score: it decides on the rate stage's columns
+    name = "select"  # no columns of its own: it decides on the rate stage's
+    config: SelectConfig
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         return selection.fit(scores, self.config)
