@@ -27,13 +27,15 @@ def index_outputs(spec: IndexSpec, out_dir: Path, result: RunResult, log=print) 
     tokenizer = Path(spec.tokenizer) if spec.tokenizer else out_dir / "tokenizer.json"
     if not spec.tokenizer:
         log(f"training a byte-level BPE tokenizer (vocab {spec.vocab}) on the kept documents")
-        train_tokenizer((t for f in kept for t in pq.read_table(f, columns=["text"])["text"].to_pylist()), tokenizer, spec.vocab)
-    info: dict = {"dir": str(out_dir / "index"), "tokenizer": str(tokenizer)}
+        texts = (t for f in kept for t in pq.read_table(f, columns=["text"])["text"].to_pylist())
+        train_tokenizer(texts, tokenizer, spec.vocab)
+    index_dir = out_dir / "index"
+    info: dict = {"dir": str(index_dir), "tokenizer": str(tokenizer)}
     if spec.dedup_min_tokens:
         changes = dedup(kept, tokenizer, spec, out_dir, log)
         result = result.with_dedup(changes)
         info["dedup"] = changes.info
-    info["card"] = build_index([str(out_dir / "kept")], tokenizer, out_dir / "index", spec.shard_tokens, overwrite=True, log=log)
+    info["card"] = build_index([str(out_dir / "kept")], tokenizer, index_dir, spec.shard_tokens, overwrite=True, log=log)
     return dataclasses.replace(result, index=info)
 
 
@@ -52,9 +54,8 @@ def dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, log
         empty = docs["text"].str.strip_chars() == ""
         synthetic = pl.col("parent_id").is_not_null() if "parent_id" in docs.columns else pl.lit(False)
         dropped_synthetic += docs.filter(empty & synthetic)["id"].to_list()
-        gone = docs.filter(empty & ~synthetic).with_columns(
-            reject_stage=pl.lit(DEDUP), reject_reason=pl.format("all {} tokens repeat earlier documents", pl.col("dedup_removed_tokens"))
-        )
+        reason = pl.format("all {} tokens repeat earlier documents", pl.col("dedup_removed_tokens"))
+        gone = docs.filter(empty & ~synthetic).with_columns(reject_stage=pl.lit(DEDUP), reject_reason=reason)
         docs = docs.filter(~empty)
         kept_frames.append(without_text(docs))
         rejected_frames.append(without_text(gone))
@@ -67,7 +68,10 @@ def dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, log
             rel = f"rejected/{DEDUP}-{path.name}"
             files[rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), out_dir / rel)}
     rejected = concat(rejected_frames)
-    log(f"dedup: cut {removed} repeated tokens from {changed} documents; {len(rejected)} documents were nothing but repeats")
-    info = {"min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed, "documents_rejected": len(rejected),
-            "synthetic_dropped": len(dropped_synthetic)}  # fmt: skip
-    return DedupChanges(files=files, kept=concat(kept_frames), rejected=rejected, dropped_synthetic=dropped_synthetic, info=info)
+    emptied = len(rejected)
+    log(f"dedup: cut {removed} repeated tokens from {changed} documents; {emptied} documents were nothing but repeats")
+    info = {
+        "min_tokens": spec.dedup_min_tokens, "documents_changed": changed, "tokens_removed": removed,
+        "documents_rejected": emptied, "synthetic_dropped": len(dropped_synthetic),
+    }  # fmt: skip
+    return DedupChanges(files, concat(kept_frames), rejected, dropped_synthetic, info)

@@ -13,6 +13,7 @@ import polars as pl
 
 
 SNIPPET_CHARS = 400
+PARTS = ("kept", "rejected", "quarantine", "synthetic")  # the row frames of a shard and of a run
 
 
 def without_text(frame: pl.DataFrame) -> pl.DataFrame:
@@ -72,7 +73,7 @@ class RunResult:
             params=params,
             seconds=seconds,
             scores=scores,
-            **{part: concat([getattr(s, part) for s in shards if len(getattr(s, part))]) for part in ("kept", "rejected", "quarantine", "synthetic")},
+            **{part: concat([getattr(s, part) for s in shards if len(getattr(s, part))]) for part in PARTS},
         )
 
     def with_dedup(self, changes: DedupChanges) -> RunResult:
@@ -84,4 +85,5 @@ class RunResult:
         synthetic = self.synthetic
         if changes.dropped_synthetic:
             synthetic = synthetic.filter(~pl.col("id").is_in(changes.dropped_synthetic))
-        return dataclasses.replace(self, files=files, kept=changes.kept, rejected=concat([self.rejected, changes.rejected]), synthetic=synthetic)
+        rejected = concat([self.rejected, changes.rejected])
+        return dataclasses.replace(self, files=files, kept=changes.kept, rejected=rejected, synthetic=synthetic)

@@ -16,17 +16,19 @@ from pipelines.spec import SpecError, load_job
 
 from .conftest import REPO
 
+SAMPLE = REPO / "data" / "samples" / "openwebtext_short12.jsonl"
 HEAVY = ("kenlm", "numba", "ray", "torch", "sklearn", "sentencepiece", "llama_cpp", "vllm")
 
 
 @pytest.fixture
 def min_chars(monkeypatch):
-    monkeypatch.setitem(registry.STAGES, "min_chars", registry.StageKind("tests.toy_stage:MinCharsConfig", "tests.toy_stage:MinChars"))
+    monkeypatch.setattr(registry, "STAGES", dict(registry.STAGES))  # undone after the test
+    registry.register("min_chars", "tests.toy_stage:MinCharsConfig", "tests.toy_stage:MinChars")
 
 
 def _job(tmp_path, stages, **extra):
     path = tmp_path / "job.yaml"
-    path.write_text(json.dumps({"name": "toy", "inputs": [{"path": str(REPO / "data" / "samples" / "openwebtext_short12.jsonl")}], "stages": stages, **extra}))
+    path.write_text(json.dumps({"name": "toy", "inputs": [{"path": str(SAMPLE)}], "stages": stages, **extra}))
     return path
 
 
@@ -51,7 +53,8 @@ def test_every_registered_stage_loads_with_its_settings():
 def test_a_registered_stage_is_validated_by_the_spec(tmp_path, min_chars):
     job = load_job(_job(tmp_path, [{"min_chars": {"min_chars": 200}}]))
     assert [(s.kind, s.config.min_chars) for s in job.stages] == [("min_chars", 200)]
-    message = str(pytest.raises(SpecError, load_job, _job(tmp_path, [{"min_chars": {"min_char": 1}}, {"min_chars": {"min_chars": 0}}])).value)
+    bad = _job(tmp_path, [{"min_chars": {"min_char": 1}}, {"min_chars": {"min_chars": 0}}])
+    message = str(pytest.raises(SpecError, load_job, bad).value)
     assert "stages.0.min_chars.min_char: Extra inputs are not permitted" in message
     assert "stages.1.min_chars.min_chars: Input should be greater than or equal to 1" in message
 
@@ -62,9 +65,10 @@ def test_unregistered_kind_is_an_error_naming_the_key(tmp_path):
 
 
 def test_a_registered_stage_runs_and_is_reported(tmp_path, min_chars):
-    texts = [json.loads(line)["text"] for line in (REPO / "data" / "samples" / "openwebtext_short12.jsonl").read_text().splitlines() if line.strip()]
+    texts = [json.loads(line)["text"] for line in SAMPLE.read_text().splitlines() if line.strip()]
     cut = sorted(len(t) for t in texts)[len(texts) // 2]
-    manifest = run_job(load_job(_job(tmp_path, [{"min_chars": {"min_chars": cut}}], shard_docs=5)), out=tmp_path / "out", log=lambda *_: None)
+    job = load_job(_job(tmp_path, [{"min_chars": {"min_chars": cut}}], shard_docs=5))
+    manifest = run_job(job, out=tmp_path / "out", log=lambda *_: None)
     short = sum(len(t) < cut for t in texts)
     assert 0 < short < len(texts)
     assert manifest["rejected"] == {"min_chars": short} and manifest["kept"] == len(texts) - short
@@ -72,7 +76,9 @@ def test_a_registered_stage_runs_and_is_reported(tmp_path, min_chars):
     kept = pl.read_parquet(tmp_path / "out" / "kept" / "*.parquet")
     assert kept["chars"].min() >= cut and sorted(kept["chars"]) == sorted(len(t) for t in texts if len(t) >= cut)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["histograms"]["chars"]["axis"] == "log10 chars" and sum(report["histograms"]["chars"]["counts"]) == len(texts)
+    histogram = report["histograms"]["chars"]
+    assert histogram["axis"] == "log10 chars" and sum(histogram["counts"]) == len(texts)
+    assert list(histogram["lines"]) == ["min_chars"]
     assert len(report["samples"]["rejected by min_chars"]) == min(3, short)
 
 

@@ -32,7 +32,8 @@ class MinChars(Stage):
 
     def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
         short = pl.col("chars") < params["min_chars"]
-        return df.with_columns(pl.when(short).then(pl.format("{} characters", pl.col("chars"))).otherwise(None).alias("_reason"))
+        reason = pl.when(short).then(pl.format("{} characters", pl.col("chars"))).otherwise(None)
+        return df.with_columns(reason.alias("_reason"))
 
     def plots(self, params: dict[str, Any]) -> list[Plot]:
         return [Plot("chars", {"min_chars": params["min_chars"]})]

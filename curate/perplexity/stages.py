@@ -46,18 +46,19 @@ class PerplexityFilter(Stage):
             ppl = scores["ppl"].to_numpy()
             head, middle = (float(np.percentile(ppl, p)) for p in c.percentiles) if len(ppl) else (0.0, 0.0)
             how = f"percentiles {c.percentiles[0]:g}/{c.percentiles[1]:g} of this run ({len(ppl)} documents)"
-        return {"cutoffs": {"head": head, "middle": middle}, "cutoffs_from": how, "keep": list(c.keep), "max_ppl": c.max_ppl}
+        cutoffs = {"head": head, "middle": middle}
+        return {"cutoffs": cutoffs, "cutoffs_from": how, "keep": list(c.keep), "max_ppl": c.max_ppl}
 
     def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
         head, middle = params["cutoffs"]["head"], params["cutoffs"]["middle"]
         keep, max_ppl = self.config.keep, self.config.max_ppl
         bucket = pl.when(pl.col("ppl") < head).then(pl.lit("head")).when(pl.col("ppl") < middle).then(pl.lit("middle"))
         df = df.with_columns(bucket.otherwise(pl.lit("tail")).alias("ppl_bucket"))
-        reason = pl.when(~pl.col("ppl_bucket").is_in(list(keep))).then(
-            pl.format("ppl {} in bucket {} (keeping {})", pl.col("ppl").round(1), pl.col("ppl_bucket"), pl.lit(",".join(keep)))
-        )
+        ppl = pl.col("ppl").round(1)
+        outside = pl.format("ppl {} in bucket {} (keeping {})", ppl, pl.col("ppl_bucket"), pl.lit(",".join(keep)))
+        reason = pl.when(~pl.col("ppl_bucket").is_in(list(keep))).then(outside)
         if max_ppl is not None:
-            reason = reason.when(pl.col("ppl") > max_ppl).then(pl.format("ppl {} > max_ppl {}", pl.col("ppl").round(1), pl.lit(max_ppl)))
+            reason = reason.when(pl.col("ppl") > max_ppl).then(pl.format("ppl {} > max_ppl {}", ppl, pl.lit(max_ppl)))
         return df.with_columns(reason.otherwise(None).alias("_reason"))
 
     def plots(self, params: dict[str, Any]) -> list[Plot]:
@@ -122,8 +123,10 @@ class HarmfulFilter(Stage):
             text = pl.format(how, pl.col("harmful_score").round(3), pl.lit(round(t, 3)))
         else:
             flagged = pl.col("harmful_ppl") < t
-            text = pl.format("harmful_ppl {} < {} (harmful-only model)", pl.col("harmful_ppl").round(1), pl.lit(round(t, 1)))
-        return df.with_columns(flagged.alias("is_harmful"), pl.when(flagged).then(text).otherwise(None).alias("_reason"))
+            how = "harmful_ppl {} < {} (harmful-only model)"
+            text = pl.format(how, pl.col("harmful_ppl").round(1), pl.lit(round(t, 1)))
+        reason = pl.when(flagged).then(text).otherwise(None)
+        return df.with_columns(flagged.alias("is_harmful"), reason.alias("_reason"))
 
     def plots(self, params: dict[str, Any]) -> list[Plot]:
         return [Plot(params["column"], {"threshold": params["threshold"]}, log=params["score"] == "perplexity")]
