@@ -14,10 +14,22 @@ from curate import harmful, lm
 # this must happen before anything imports triton (nothing above does).
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# kernels/ compiles some CPU paths on first use (tens of seconds); tests run them eager, except the one
+# test of the compiled paths (tests/test_kernels_compiled.py)
+os.environ.setdefault("CURATE_KERNELS_COMPILE", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 DAVIDSON = str(DATA / "harmful" / "davidson_hate_offensive.jsonl.gz")
+# Files of real-model tests that take minutes on 2 cores (llama.cpp and Gemma, a Ray cluster for
+# `ray job submit`): marked `slow`, which `make test-fast` (pytest -m "not slow") leaves out.
+SLOW_FILES = {"test_llm_local.py", "test_ray_job_submit.py", "test_index_neural.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
