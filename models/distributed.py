@@ -5,10 +5,10 @@ filesystem on a cluster); rank 0 writes the checkpoints and metrics."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from curate.ray_runtime import init_ray
 from models.config import TrainConfig
 
 
@@ -25,7 +25,6 @@ def train_distributed(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run `cfg.workers` Ray Train workers and return rank 0's summary (as run_training's)."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -34,10 +33,7 @@ def train_distributed(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     use_gpu = pick_device(cfg.device).type == "cuda"
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
-        ray.init(address=address, logging_level="WARNING", **local)
+    init_ray(address)
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
         "data_dir": str(Path(data_dir).resolve()),

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import apply_rotary, linear_cross_entropy, rms_norm, rotary_tables
+
 IGNORE_INDEX = -100  # targets equal to this add nothing to the loss
 
 
@@ -40,22 +42,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, each (T, D/2)."""
-    freqs = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (even, odd) pair of x (B, H, T, D) by its position's angle."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]  # (B, H, T, D/2)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, D/2, 2)
-    return out.flatten(-2).type_as(x)
+        return rms_norm(x, self.weight, self.eps)[0]  # kernels/: Triton on CUDA, compiled torch on CPU
 
 
 class Attention(nn.Module):
@@ -131,9 +118,11 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        x = self.norm(x)  # (B, T, C)
         if targets is None:
-            return logits
-        flat = logits.float().view(B * T, -1)  # (B*T, V)
-        loss = F.cross_entropy(flat, targets.reshape(B * T), ignore_index=IGNORE_INDEX, reduction=reduction)
-        return loss.view(B, T) if reduction == "none" else loss
+            return self.lm_head(x)  # (B, T, V)
+        # fused linear + cross-entropy: the (B*T, V) logits are never held whole (kernels/cross_entropy.py)
+        mean, per_token = linear_cross_entropy(
+            x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T), ignore_index=IGNORE_INDEX
+        )
+        return per_token.view(B, T) if reduction == "none" else mean
