@@ -13,11 +13,20 @@ of context once past the first window."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from curate.documents import read_texts
+from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
+from indexes.layout import IndexFormatError
+from models.checkpoint import check_tokenizer, load_checkpoint
+from models.data import TokenShards
 
 IGNORE = -100
 
@@ -173,3 +182,52 @@ def format_table(report: dict) -> str:
             f"{r['perplexity']:>9.2f} {r['bits_per_byte']:>9.4f}"
         )
     return "\n".join(lines)
+
+
+def index_tokenizer(shards: TokenShards) -> TextTokenizer:
+    """The tokenizer an index was built with (named by its card), checked against the card's
+    fingerprint so that text is turned into the ids the model was trained on."""
+    name = shards.card.get("tokenizer")
+    if not name:
+        raise IndexFormatError(f"{shards.index_dir} was built without a tokenizer: text cannot be encoded for it")
+    path = shards.index_dir / name  # an absolute path (a .gguf left in place) stays absolute
+    if not path.is_file():
+        raise IndexFormatError(f"{shards.index_dir} was tokenized with {path}, which is missing")
+    tokenizer = load_tokenizer(path)
+    if shards.tokenizer_fingerprint and fingerprint(tokenizer) != shards.tokenizer_fingerprint:
+        raise IndexFormatError(f"{path} gives other token ids than when {shards.index_dir} was built")
+    return tokenizer
+
+
+def evaluate_checkpoint(
+    model_dir: str | Path,
+    index_dir: str | Path,
+    split: str = "test",
+    texts: list[str] | None = None,
+    batch_size: int = 16,
+    stride: int | None = None,
+    device: str = "cpu",
+) -> dict:
+    """`curate eval`: the checkpoint on the index's held-out split, or on text files encoded with
+    the index's tokenizer (the one the checkpoint must have been trained with)."""
+    model, meta = load_checkpoint(model_dir, device)
+    check_tokenizer(meta, index_dir)
+    shards = TokenShards(index_dir)
+    tokenizer = index_tokenizer(shards)
+    if texts:
+        docs = _text_documents(texts, tokenizer)
+    else:
+        docs = (
+            (source, ids, len(tokenizer.decode(ids).encode("utf-8")))
+            for _, source, tokens in shards.documents(split)
+            for ids in [tokens.tolist()]
+        )
+    report = evaluate(model, docs, shards.eot_id, model.config.seq_len, stride, batch_size)
+    return {"model": str(model_dir), "data": str(index_dir), "on": texts or f"{split} split", **report}
+
+
+def _text_documents(texts: list[str], tokenizer: TextTokenizer) -> Iterator[tuple[str, list[int], int]]:
+    with contextlib.redirect_stdout(sys.stderr):  # read_texts reports skipped records on stdout
+        records = list(read_texts(texts))
+    for doc in records:
+        yield doc["source"], tokenizer.encode(doc["text"]), len(doc["text"].encode("utf-8"))

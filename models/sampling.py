@@ -8,6 +8,7 @@ order of warpers) and softmax of the result is the renormalised distribution tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -117,3 +118,31 @@ def generate(
         out.append(int(token))
         ids = torch.cat([ids, token.view(1, 1)], dim=1)
     return out
+
+
+def generate_text(
+    model_dir: str | Path,
+    prompt: str,
+    index_dir: str | Path | None = None,
+    max_tokens: int = 100,
+    sampling: Sampling = Sampling(),
+    seed: int | None = None,
+    device: str = "cpu",
+) -> str:
+    """`curate generate`: the prompt's continuation, encoded and decoded with the tokenizer of the
+    index the checkpoint was trained on (or `index_dir`). Generation starts after an end-of-text
+    token, as documents do in training, and stops at the next one."""
+    from models.checkpoint import check_tokenizer, load_checkpoint
+    from models.data import TokenShards
+    from models.evaluate import index_tokenizer
+
+    model, meta = load_checkpoint(model_dir, device)
+    index_dir = index_dir or meta.get("data", {}).get("index")
+    if not index_dir:
+        raise ValueError(f"{model_dir} does not record the index it was trained on: give --data INDEX_DIR")
+    check_tokenizer(meta, index_dir)
+    shards = TokenShards(index_dir)
+    tokenizer = index_tokenizer(shards)
+    ids = [shards.eot_id, *tokenizer.encode(prompt)]
+    out = generate(model, ids, max_tokens, model.config.seq_len, sampling, seed, stop=shards.eot_id)
+    return tokenizer.decode(out)

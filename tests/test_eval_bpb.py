@@ -22,7 +22,8 @@ class Bigram(torch.nn.Module):
         logits = self.logp[idx]
         if targets is None:
             return logits
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction=reduction)
+        logits = logits.transpose(1, 2)
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction=reduction)
 
 
 def test_bits_per_byte_by_hand():
