@@ -24,24 +24,31 @@ ROUTE_HANDLER = "curate_ray_log"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"
 
 
+class RayStartError(RuntimeError):
+    """Ray would not start or could not be joined (an overloaded host, a wrong address)."""
+
+
 def init_ray(address: str | None = None, verbose: bool = False, log_file: str | Path | None = None) -> None:
     """Start a local Ray, or join `address` (else $RAY_ADDRESS), once per process. With a
     `log_file`, Ray's records of this command go there (and to the terminal when `verbose`); a
     later call with another `log_file` moves them. Without one, an earlier routing stays."""
     import ray
-    import ray.data  # configures the `ray.data` logger, which must exist before it is routed
 
     if log_file is not None:
         _route.to(Path(log_file), verbose)
     if not ray.is_initialized():
         level = logging.INFO if log_file is not None or verbose else logging.WARNING
+        options = {"logging_level": level, "logging_format": FILE_FORMAT, "log_to_driver": True}
         address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, logging_level=level, log_to_driver=True)
-        else:
+        if not address:
             # A local instance on loopback: on hosts whose primary address is not reachable from
             # itself, Ray's health checks otherwise declare the node dead after ~30 s.
-            ray.init(include_dashboard=False, logging_level=level, log_to_driver=True, _node_ip_address="127.0.0.1")
+            options.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        try:
+            ray.init(address=address, **options)
+        except Exception as e:  # Ray raises bare Exceptions (start-up timeouts) and ConnectionErrors
+            where = f"at {address}" if address else "locally"
+            raise RayStartError(f"Ray did not start {where}: {e}") from e
     if log_file is not None:
         _route.workers()
 
@@ -49,6 +56,42 @@ def init_ray(address: str | None = None, verbose: bool = False, log_file: str | 
 def ray_log_file(out_dir: str | Path) -> Path:
     """Where a run in `out_dir` keeps Ray's records."""
     return Path(out_dir) / "logs" / "ray.log"
+
+
+def command_log(name: str) -> Path | None:
+    """A log file `name` beside the current command's Ray records (for the output of processes
+    it starts, e.g. the llama.cpp server), or None when Ray's records are not routed."""
+    return _route.path.with_name(name) if _route.path is not None else None
+
+
+def is_ray_failure(error: BaseException) -> bool:
+    """An error of Ray's (a failed task or actor, a start-up that failed) rather than curate's."""
+    from ray.exceptions import RayError
+
+    return isinstance(error, (RayError, RayStartError))
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for a failure that came back from Ray: the original error inside Ray's wrappers
+    (a stage's exception, a model that would not load) and where Ray's records, with the full
+    remote traceback, are."""
+    where = f" (Ray's records, with the traceback: {_route.path})" if _route.path is not None else ""
+    if isinstance(error, RayStartError):
+        return f"{error}{where}"
+    cause: BaseException = error
+    seen = set()
+    while id(cause) not in seen:
+        seen.add(id(cause))
+        inner = getattr(cause, "cause", None) or cause.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        cause = inner
+    text = str(cause).strip()
+    if cause is error or not text:  # nothing but Ray's wrapper: its last line names the error
+        text = text.splitlines()[-1] if text else type(error).__name__
+    else:
+        text = f"{type(cause).__name__}: {text.splitlines()[-1]}"
+    return f"a Ray task failed: {text}{where}"
 
 
 def format_worker_lines(data: dict[str, Any]) -> list[str]:
@@ -62,19 +105,23 @@ class _Route:
     """The current destination of Ray's records in this process, undone before it moves."""
 
     def __init__(self) -> None:
+        self.path: Path | None = None
         self.stream: TextIO | None = None
         self.handler: logging.Handler | None = None
         self.detached: list[tuple[logging.Logger, logging.Handler]] = []
         self.printer: Callable | None = None  # Ray's printing of worker output, while detached
+        self.native_stderr: int | None = None  # the process's fd 2, while Ray's C++ lines go to the file
+        self.python_stderr: TextIO | None = None
         self.verbose = False
         self.lock = threading.Lock()
 
     def to(self, path: Path, verbose: bool) -> None:
-        from ray.data import DataContext
+        from ray.data import DataContext  # importing Ray Data sets up its `ray.data` logger, routed below
 
         self.undo()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.stream = open(path, "a", encoding="utf-8", buffering=1)
+        self.path = path
         self.verbose = verbose
         self.handler = logging.StreamHandler(self.stream)
         self.handler.setFormatter(logging.Formatter(FILE_FORMAT))
@@ -88,6 +135,20 @@ class _Route:
             logger.addHandler(self.handler)
         # curate's own progress display replaces Ray Data's bars unless asked for everything
         DataContext.get_current().enable_progress_bars = verbose
+        if not verbose:
+            self.capture_native_stderr()
+
+    def capture_native_stderr(self) -> None:
+        """Ray's C++ core worker in this process writes its errors straight to fd 2 (e.g. the
+        harmless `core_worker.cc` line about actor constructor arguments): point fd 2 at the
+        file, and Python's own stderr (tracebacks, curate's errors) at a copy of the old fd 2."""
+        sys.stderr.flush()
+        self.native_stderr = os.dup(2)
+        if _writes_to_fd2(sys.stderr):
+            self.python_stderr = sys.stderr
+            copy = os.dup(self.native_stderr)
+            sys.stderr = open(copy, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+        os.dup2(self.stream.fileno(), 2)
 
     def workers(self) -> None:
         """Send the workers' forwarded output to the file, and to the terminal only if verbose."""
@@ -101,11 +162,22 @@ class _Route:
         dispatcher.add_handler(ROUTE_HANDLER, self.write_worker_lines)
 
     def write_worker_lines(self, data: dict[str, Any]) -> None:
+        # the autoscaler's status blocks every few seconds: Ray's session logs keep them
+        if data.get("pid") == "autoscaler":
+            return
         with self.lock:
             if self.stream is not None:
                 self.stream.write("".join(line + "\n" for line in format_worker_lines(data)))
 
     def undo(self) -> None:
+        if self.native_stderr is not None:
+            sys.stderr.flush()
+            os.dup2(self.native_stderr, 2)
+            os.close(self.native_stderr)
+            self.native_stderr = None
+            if self.python_stderr is not None:
+                sys.stderr.close()
+                sys.stderr, self.python_stderr = self.python_stderr, None
         for logger, handler in self.detached:
             logger.addHandler(handler)
         self.detached = []
@@ -121,7 +193,7 @@ class _Route:
         with self.lock:
             if self.stream is not None:
                 self.stream.close()
-                self.stream = None
+                self.stream = self.path = None
 
 
 def _dispatcher():
@@ -129,6 +201,13 @@ def _dispatcher():
     from ray._private.ray_logging import global_worker_stdstream_dispatcher
 
     return global_worker_stdstream_dispatcher
+
+
+def _writes_to_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate.documents import expand_inputs, read_texts
+from curate.ray_runtime import init_ray
 from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
 from indexes.options import DEFAULT_SHARD_TOKENS
@@ -145,10 +146,7 @@ def write_index(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    if not ray.is_initialized():
-        # A local instance on loopback: on hosts whose primary address is not reachable from
-        # itself, Ray's health checks otherwise declare the node dead after ~30 s.
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, _node_ip_address="127.0.0.1")
+    init_ray()  # joins the command's Ray, or starts one
     sort_task = ray.remote(num_cpus=1)(build_suffix_array)
     t0 = time.perf_counter()
     pending, writers = [], []

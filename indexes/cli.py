@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from curate.local_model import GEMMA_NAME
 from indexes.options import DEFAULT_CONTEXT, DEFAULT_MIN_TOKENS, DEFAULT_NGRAM, DEFAULT_SHARD_TOKENS, QUERY_TYPES
@@ -28,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
     build.add_argument("--sorter", choices=SORTERS, default="auto", help="suffix sorter: libsais over the token alphabet, or pydivsufsort over the bytes (same table; default auto: libsais when `make setup` built it)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    build.add_argument("--verbose", action="store_true", help="show Ray's records (else: logs/ray.log by the index)")
     build.set_defaults(func=_index_build)
 
     query = index.add_parser("query", help="ask the index one question; prints JSON")
@@ -81,9 +83,12 @@ def _tokenizer_train(args) -> int:
 
 def _index_build(args) -> int:
     from curate.local_model import gemma_path
+    from curate.ray_runtime import init_ray, ray_log_file
     from indexes.build import build_index
 
     tokenizer = gemma_path() if args.tokenizer == GEMMA_NAME else args.tokenizer
+    # beside the index, as a run keeps OUT/logs/ray.log beside OUT/index
+    init_ray(verbose=args.verbose, log_file=ray_log_file(Path(args.out).resolve().parent))
     build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr), sorter=args.sorter)
     return 0
 

@@ -20,21 +20,21 @@ def train_distributed(
     cfg: TrainConfig,
     data_dir: str | Path,
     out_dir: str | Path,
+    loop: Callable[..., dict],
     stop_at: int | None = None,
     address: str | None = None,
+    use_gpu: bool = False,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Run `cfg.workers` Ray Train workers and return rank 0's summary (as run_training's)."""
+) -> None:
+    """Run `loop` (models/train.py's run_training) on `cfg.workers` Ray Train workers."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from models.train import pick_device
-
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    use_gpu = pick_device(cfg.device).type == "cuda"
     init_ray(address)
     loop_config = {
+        "loop": loop,
         "cfg": cfg.model_dump(mode="json"),
         "data_dir": str(Path(data_dir).resolve()),
         "out_dir": str(out_dir),
@@ -53,17 +53,14 @@ def train_distributed(
         raise DistributedTrainingError(f"distributed training failed: {_root_cause(e)}") from None
     if result.error is not None:
         raise DistributedTrainingError(f"distributed training failed: {_root_cause(result.error)}")
-    return dict(result.metrics)
 
 
 def _worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from models.train import run_training
-
     ctx = ray.train.get_context()
-    summary = run_training(
+    config["loop"](
         TrainConfig.model_validate(config["cfg"]),
         config["data_dir"],
         config["out_dir"],
@@ -74,7 +71,6 @@ def _worker_loop(config: dict) -> None:
         device=ray.train.torch.get_device(),
         wrap=ray.train.torch.prepare_model,
     )
-    ray.train.report(summary)
 
 
 def _root_cause(e: BaseException) -> str:

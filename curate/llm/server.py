@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from curate.local_model import GEMMA_NAME, gemma_path
+from curate.ray_runtime import command_log
 
 
 def free_port() -> int:
@@ -52,14 +53,18 @@ class LocalServer:
         ]  # fmt: skip
 
     def start(self, wait_s: float = 120) -> LocalServer:
-        log = open(self.log_file or os.devnull, "ab")
+        # its output goes beside the command's Ray records (OUT/logs/llama-server.log in a run)
+        path = self.log_file or command_log("llama-server.log")
+        log = open(path or os.devnull, "ab")
         # its own process group, so stopping it also stops anything it spawned
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with code {self.process.returncode} while starting: {' '.join(self.command())}")
+                output = f" (its output: {path})" if path else ""
+                code, command = self.process.returncode, " ".join(self.command())
+                raise RuntimeError(f"llama.cpp server exited with code {code} while starting{output}: {command}")
             if self.answers():
                 return self
             time.sleep(0.3)
