@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     lm = sub.add_parser(
-        "kenlm", aliases=["lm"], help="KenLM models: train, score, calibrate (`lm`: the old name, an alias for one release)"
+        "kenlm",
+        aliases=["lm"],
+        help="KenLM models: train, score, calibrate (`lm`: the old name, an alias for one release)",
     ).add_subparsers(required=True, metavar="ACTION")
     train = lm.add_parser("train", help="CCNet recipe: normalise, SentencePiece, lmplz, build_binary")
     train.add_argument("--input", nargs="+", required=True, help="files, folders or globs")

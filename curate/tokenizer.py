@@ -33,7 +33,9 @@ END_OF_TEXT = "<|endoftext|>"
 # Names other tokenizer.json files use for their end-of-document token, tried in order.
 EOS_NAMES = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")
 # Encoded for the fingerprint: words, digits, punctuation, whitespace runs and several scripts.
-FINGERPRINT_TEXT = "The Quick-brown fox's 1,234.5 jumps\n\n\tover naïve Ünïcödé: 東京, Москва, القاهرة — 🙂 <eos> code();"
+FINGERPRINT_TEXT = (
+    "The Quick-brown fox's 1,234.5 jumps\n\n\tover naïve Ünïcödé: 東京, Москва, القاهرة — 🙂 <eos> code();"
+)
 
 
 class TextTokenizer(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from itertools import islice
@@ -21,7 +22,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model
 
-from models.checkpoint import CHECKPOINT_DIR, WEIGHTS, CheckpointError, check_tokenizer, load_train_state, read_meta
+from models.checkpoint import CHECKPOINT_DIR, WEIGHTS, CheckpointError, check_tokenizer, checkpoint_dir
+from models.checkpoint import load_train_state, read_meta
 from models.checkpoint import save_checkpoint
 from models.config import TrainConfig
 from models.data import TokenShards, batches
@@ -29,6 +31,7 @@ from models.optim import build_optimizers, lr_at
 from models.registry import build_model, count_parameters
 
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"  # the last session's summary, written by rank 0
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,7 +58,9 @@ def train(
     if cfg.workers > 1:
         from models.distributed import train_distributed
 
-        return train_distributed(cfg, data_dir, out_dir, stop_at, address, log)
+        use_gpu = pick_device(cfg.device).type == "cuda"
+        train_distributed(cfg, data_dir, out_dir, run_training, stop_at, address, use_gpu, log)
+        return json.loads((Path(out_dir) / SUMMARY).read_text())  # rank 0's
     return run_training(cfg, data_dir, out_dir, stop_at, log)
 
 
@@ -69,9 +74,12 @@ def run_training(
     world: int = 1,
     device: torch.device | None = None,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train (or resume) up to step `stop_at` (default: cfg.steps) and return a summary.
-    `wrap` (Ray Train's prepare_model) makes the model data-parallel over `world` ranks."""
+    `wrap` (Ray Train's prepare_model) makes the model data-parallel over `world` ranks.
+    `init_from`: a checkpoint whose weights start a fresh run (continued pre-training, with a fresh
+    optimizer); a run that resumes from its own checkpoint ignores it."""
     shards = TokenShards(data_dir)
     out_dir = Path(out_dir)
     device = device or pick_device(cfg.device)
@@ -85,7 +93,12 @@ def run_training(
         "train": cfg.model_dump(mode="json"),
         "run_hash": cfg.run_hash(),
     }
+    if init_from is not None:
+        meta["init_from"] = str(init_from)
     start, optimizer_states = _resume(out_dir, raw, meta, data_dir, log if main else _quiet)
+    if init_from is not None and start == 0:
+        check_tokenizer(read_meta(init_from), data_dir)
+        load_model(raw, str(checkpoint_dir(init_from) / WEIGHTS))
     raw.to(device)
     optimizers = build_optimizers(raw, cfg)
     for opt, opt_state in zip(optimizers, optimizer_states or [], strict=optimizer_states is not None):
@@ -150,7 +163,7 @@ def run_training(
         if metrics:
             metrics.close()
     seconds = time.perf_counter() - t0
-    return {
+    summary = {
         "out": str(out_dir),
         "checkpoint": str(out_dir / CHECKPOINT_DIR),
         "step": step,
@@ -159,6 +172,11 @@ def run_training(
         "val_loss": val_loss,
         "tokens_per_s": (step - start) * tokens_per_step / seconds if step > start else None,
     }
+    if main:
+        tmp = out_dir / f".{SUMMARY}.tmp"
+        tmp.write_text(json.dumps(summary) + "\n")
+        os.replace(tmp, out_dir / SUMMARY)
+    return summary
 
 
 def _resume(out_dir: Path, model: torch.nn.Module, meta: dict, data_dir, log) -> tuple[int, list | None]:

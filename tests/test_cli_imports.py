@@ -64,8 +64,11 @@ def test_the_probe_sees_a_heavy_import(tmp_path):
 
 
 def test_kenlm_and_its_old_name_lm_are_the_same_command():
-    help_text = subprocess.run([sys.executable, "-m", "curate.cli", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    def curate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "curate.cli", *args], cwd=REPO, capture_output=True, text=True)
+
+    help_text = curate("--help").stdout
     assert "kenlm (lm)" in help_text and "alias for one release" in help_text
     for name in ("kenlm", "lm"):
-        out = subprocess.run([sys.executable, "-m", "curate.cli", name, "score", "--help"], cwd=REPO, capture_output=True, text=True)
+        out = curate(name, "score", "--help")
         assert out.returncode == 0 and "usage: curate kenlm score" in out.stdout  # one parser, two names
