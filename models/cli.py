@@ -28,6 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", choices=["test", "val"], default="test", help="held-out split (default test)")
     ev.add_argument("--stride", type=int, help="window step for documents longer than the context (default: half)")
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    ev.add_argument("--max-docs", type=int, help="score this many documents, evenly spaced over the set")
     ev.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     ev.set_defaults(func=_eval)
 
@@ -42,6 +43,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--typical-p", type=float, help="locally typical sampling mass (Meister et al.)")
     gen.add_argument("--seed", type=int)
     gen.set_defaults(func=_generate)
+
+    ab = sub.add_parser("ablate", help="estimate data mixtures by merging models trained on partitions")
+    ab.add_argument("job", help="ablation job file (YAML), e.g. jobs/ablate_demo.yaml")
+    ab.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    ab.add_argument("--verbose", action="store_true", help="show Ray's own records too (else in OUT/logs/ray.log)")
+    ab.set_defaults(func=_ablate)
 
 
 def _train(args) -> int:
@@ -60,7 +67,7 @@ def _eval(args) -> int:
     from models.train import pick_device
 
     report = evaluate_checkpoint(args.model, args.data, args.split, args.text, args.batch_size, args.stride,
-                                 str(pick_device("auto")))
+                                 str(pick_device("auto")), args.max_docs)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -74,4 +81,15 @@ def _generate(args) -> int:
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.typical_p)
     print(args.prompt + generate_text(args.model, args.prompt, args.data, args.max_tokens, sampling, args.seed))
+    return 0
+
+
+def _ablate(args) -> int:
+    from models.ablate import run_ablation
+    from models.ablate_spec import load_ablate_spec
+
+    report = run_ablation(load_ablate_spec(args.job), args.address, args.verbose)
+    for name, c in report["correlations"].items():
+        print(f"{name}: Pearson {c['pearson']}, Spearman {c['spearman']} over {c['mixtures']} mixtures")
+    print(f"report: {report['output']}/report.html")
     return 0

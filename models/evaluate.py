@@ -207,9 +207,11 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     stride: int | None = None,
     device: str = "cpu",
+    max_docs: int | None = None,
 ) -> dict:
     """`curate eval`: the checkpoint on the index's held-out split, or on text files encoded with
-    the index's tokenizer (the one the checkpoint must have been trained with)."""
+    the index's tokenizer (the one the checkpoint must have been trained with). `max_docs` keeps
+    that many documents, evenly spaced over the set, so every part of it is represented."""
     model, meta = load_checkpoint(model_dir, device)
     check_tokenizer(meta, index_dir)
     shards = TokenShards(index_dir)
@@ -222,8 +224,19 @@ def evaluate_checkpoint(
             for _, source, tokens in shards.documents(split)
             for ids in [tokens.tolist()]
         )
+    if max_docs is not None:
+        docs = evenly_spaced(list(docs), max_docs)
     report = evaluate(model, docs, shards.eot_id, model.config.seq_len, stride, batch_size)
     return {"model": str(model_dir), "data": str(index_dir), "on": texts or f"{split} split", **report}
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """At most n items, spread evenly over the list (its first and its last included)."""
+    if n < 1:
+        raise ValueError(f"max_docs must be at least 1, got {n}")
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / max(1, n - 1))] for i in range(n)]
 
 
 def _text_documents(texts: list[str], tokenizer: TextTokenizer) -> Iterator[tuple[str, list[int], int]]:

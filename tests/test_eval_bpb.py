@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.evaluate import IGNORE, bits_per_byte, document_losses, evaluate, format_table, windows
+from models.evaluate import IGNORE, bits_per_byte, document_losses, evaluate, evenly_spaced, format_table, windows
 
 # token 0 is end-of-text; P[prev][next]
 P = torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.25, 0.5, 0.25]])
@@ -82,3 +82,11 @@ def test_sliding_windows_give_the_full_context_result_for_a_bigram_model():
 def test_no_documents_is_an_error():
     with pytest.raises(ValueError, match="no documents"):
         evaluate(Bigram(), [("s", [], 0)], bos=0, context=4)
+
+
+def test_evenly_spaced_keeps_both_ends_and_every_part():
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert evenly_spaced(list(range(3)), 5) == [0, 1, 2]
+    assert evenly_spaced(list(range(10)), 1) == [0]
+    with pytest.raises(ValueError, match="max_docs"):
+        evenly_spaced([1], 0)
