@@ -27,12 +27,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # llama-cpp-python has no CPU wheel on PyPI: compile it once (niced, it takes minutes) into a
-# cache that the install below finds.
-WHEELS=${CURATE_WHEELS:-$HOME/.cache/curate/wheels}
+# cache that the install below finds. Not with -march=native: these machines advertise AMX, which
+# the sandbox traps (SIGILL in ggml's AMX matmul), so the build names a portable x86-64 feature set.
 LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_FLAVOUR=avx2
+LLAMA_CPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+WHEELS=${CURATE_WHEELS:-$HOME/.cache/curate/wheels/$LLAMA_CPP_FLAVOUR}
 if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
-  step "compiling llama-cpp-python $LLAMA_CPP_VERSION into $WHEELS (about 13 minutes on 2 cores, once)"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) nice -n 19 "$VENV/bin/pip" wheel -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+  step "compiling llama-cpp-python $LLAMA_CPP_VERSION ($LLAMA_CPP_FLAVOUR) into $WHEELS (about 13 minutes on 2 cores, once)"
+  CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) nice -n 19 "$VENV/bin/pip" wheel -q --no-cache-dir \
+    --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
 fi
 
 stamp="$VENV/.curate-installed"
@@ -40,6 +44,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   step "pip install -e .[dev]"
   "$VENV/bin/pip" install -q --find-links "$WHEELS" -e ".[dev]"
   touch "$stamp"
+fi
+# A venv that holds another build of llama-cpp-python (an earlier flavour) gets this one.
+llama_marker="$VENV/.llama-cpp-$LLAMA_CPP_VERSION-$LLAMA_CPP_FLAVOUR"
+if [ ! -f "$llama_marker" ]; then
+  step "installing llama-cpp-python $LLAMA_CPP_VERSION ($LLAMA_CPP_FLAVOUR)"
+  "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl
+  touch "$llama_marker"
 fi
 
 if [ ! -x "$KENLM_CACHE/bin/lmplz" ] || [ ! -x "$KENLM_CACHE/bin/build_binary" ]; then
