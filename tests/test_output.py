@@ -2,14 +2,17 @@
 report is), Ray's records in OUT/logs/ray.log unless --verbose, and failures on the terminal.
 Real `curate` processes on a real local Ray, output captured as a non-terminal."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from curate.llm.server import LocalServer
 from curate.ray_runtime import RayStartError, describe_failure, format_worker_lines, is_ray_failure
 
 from .conftest import REPO, write_job
@@ -115,3 +118,32 @@ def test_ray_log_file_is_in_the_run_directory():
     from curate.ray_runtime import ray_log_file
 
     assert ray_log_file("/runs/a") == Path("/runs/a/logs/ray.log")
+
+
+class _StandIn(LocalServer):
+    """A real process in place of llama.cpp's server that answers /v1/models as it does."""
+
+    def command(self) -> list[str]:
+        code = f"""
+import http.server, json
+class Models(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"data": [{{"id": "stand-in"}}]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", {self.port}), Models).serve_forever()
+"""
+        return [sys.executable, "-c", code]
+
+
+def test_a_server_that_dies_under_the_job_is_reported(tmp_path, capsys):
+    log = tmp_path / "llama-server.log"
+    with _StandIn("stand-in.gguf", log_file=str(log)):
+        pass  # stopped by curate: nothing to report
+    assert capsys.readouterr().err == ""
+    with _StandIn("stand-in.gguf", log_file=str(log)) as server:
+        os.kill(server.process.pid, signal.SIGILL)  # as a llama.cpp build for another CPU dies
+        server.process.wait()
+    assert f"died during the job (signal SIGILL); its output: {log}" in capsys.readouterr().err

@@ -38,6 +38,8 @@ class LocalServer:
         # the server is told Gemma's turn format (the turn tokens are in its vocabulary).
         self.chat_format = "gemma" if model is None else None
         self.process: subprocess.Popen | None = None
+        self.log_path: str | Path | None = None
+        self.stopped = False  # by stop(): an exit before that is a death worth reporting
 
     @property
     def url(self) -> str:
@@ -54,10 +56,11 @@ class LocalServer:
 
     def start(self, wait_s: float = 120) -> LocalServer:
         # its output goes beside the command's Ray records (OUT/logs/llama-server.log in a run)
-        path = self.log_file or command_log("llama-server.log")
+        path = self.log_path = self.log_file or command_log("llama-server.log")
         log = open(path or os.devnull, "ab")
         # its own process group, so stopping it also stops anything it spawned
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.stopped = False
         log.close()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -79,7 +82,11 @@ class LocalServer:
             return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.stopped:
+            return
+        self.stopped = True
+        if self.process.poll() is not None:
+            self._report_death()
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
@@ -87,6 +94,16 @@ class LocalServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def _report_death(self) -> None:
+        """A server that died under the job turns every request into a per-document error; say so
+        on the terminal, since nothing else does (e.g. SIGILL from a llama.cpp build for another CPU)."""
+        code = self.process.returncode
+        if code == 0:
+            return
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        output = f"; its output: {self.log_path}" if self.log_path else ""
+        print(f"curate: warning: llama.cpp server {self.url} died during the job ({how}){output}", file=sys.stderr)
 
     def __enter__(self) -> LocalServer:
         return self.start()
