@@ -56,7 +56,7 @@ def fwd_bwd_seconds(fn: Callable[[], torch.Tensor | tuple], inputs: list[torch.T
 @functools.cache
 def compiled(fn: Callable) -> Callable:
     """fn through torch.compile, once per function."""
-    return torch.compile(fn, dynamic=True)
+    return torch.compile(fn)
 
 
 def cases(device: str) -> dict[str, tuple[list[torch.Tensor], dict[str, Callable]]]:

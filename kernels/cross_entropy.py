@@ -1,11 +1,10 @@
 """Fused linear + cross-entropy: the loss of `x @ weight.T` against targets without the [N, V] logits.
 
-Rows are processed in chunks; a chunk's logits exist only while its log-sum-exp (forward) or its
-gradient (backward) is computed. The forward keeps one float per row (the log-sum-exp); the backward
-recomputes each chunk's logits, turns them into `softmax - onehot` scaled by the row's incoming
-gradient, and accumulates dx and dW (dW in float32). Recomputing, rather than computing gradients
-during the forward as Liger-Kernel does, lets evaluation run the forward alone and lets the per-token
-losses carry gradients too.
+Rows are processed in chunks; a chunk's logits exist only while its log-sum-exp and, when training,
+its gradient (`softmax - onehot`, in place) are computed, and dx and dW (float32) are accumulated
+straight away, so the backward of the mean loss is a scaling (Liger-Kernel's scheme). Unlike Liger,
+evaluation without gradients runs the log-sum-exp alone, and the per-token losses carry gradients too:
+their backward recomputes each chunk's logits from the saved log-sum-exp per row.
 
 `linear_cross_entropy` is what models call; `linear_cross_entropy_reference` is the plain PyTorch
 oracle, which does materialise the logits.
@@ -102,41 +101,61 @@ def default_chunk_rows(n: int, d: int, V: int) -> int:
     return max(1, min(n, triton.next_power_of_2(max(64, -(-n * d // V)))))
 
 
+def _chunk_pass(x, weight, target, ignore_index: int, chunk_rows: int, triton_path: bool, lse=None, row_grad=None):
+    """One pass over the row chunks. Without `lse` it computes (lse, per-token loss) per row; with
+    `row_grad` (d loss / d per-token loss, 0 where ignored) it also accumulates dx and dW (float32)."""
+    n = x.shape[0]
+    stats = lse is None
+    if stats:
+        lse = torch.empty(n, device=x.device, dtype=torch.float32)
+    per_token = torch.empty(n, device=x.device, dtype=torch.float32) if stats else None
+    dx = dw = None
+    if row_grad is not None:
+        dx = torch.empty_like(x)
+        dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+    for i in range(0, n, chunk_rows):
+        rows = slice(i, i + chunk_rows)
+        xc, logits = x[rows], x[rows] @ weight.T  # (rows, V): the only logits ever held
+        if stats:
+            lse[rows], per_token[rows] = _row_stats(logits, target[rows], ignore_index, triton_path)
+        if row_grad is not None:
+            dlogits = _logits_grad_(logits, target[rows], lse[rows], row_grad[rows], ignore_index, triton_path)
+            dx[rows] = dlogits @ weight
+            dw.addmm_(dlogits.T.float(), xc.float())
+    return lse, per_token, dx, dw
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Gradients of the mean are computed during the forward, as Liger-Kernel does, when any input needs
+    them (the backward then only scales them); gradients through the per-token losses recompute logits."""
+
     @staticmethod
     def forward(ctx, x, weight, target, ignore_index: int, chunk_rows: int, triton_path: bool):
-        n = x.shape[0]
-        lse = torch.empty(n, device=x.device, dtype=torch.float32)
-        per_token = torch.empty(n, device=x.device, dtype=torch.float32)
-        for i in range(0, n, chunk_rows):
-            rows = slice(i, i + chunk_rows)
-            lse[rows], per_token[rows] = _row_stats(x[rows] @ weight.T, target[rows], ignore_index, triton_path)
-        count = (target != ignore_index).sum()
-        ctx.save_for_backward(x, weight, target, lse, count)
+        ctx.set_materialize_grads(False)
+        valid = target != ignore_index
+        count = valid.sum()
+        mean_grad = valid.float() / count if any(ctx.needs_input_grad[:2]) else None  # d mean / d per-token
+        lse, per_token, dx, dw = _chunk_pass(x, weight, target, ignore_index, chunk_rows, triton_path,
+                                             row_grad=mean_grad)
+        ctx.save_for_backward(x, weight, target, lse, dx, dw)
         ctx.ignore_index, ctx.chunk_rows, ctx.triton_path = ignore_index, chunk_rows, triton_path
         return per_token.sum() / count, per_token
 
     @staticmethod
     def backward(ctx, grad_mean, grad_per_token):
-        x, weight, target, lse, count = ctx.saved_tensors
-        row_grad = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
+        x, weight, target, lse, dx_mean, dw_mean = ctx.saved_tensors
+        dx = torch.zeros_like(x)
+        dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
         if grad_mean is not None:
-            row_grad += grad_mean.float() / count
+            dx += dx_mean * grad_mean.to(x.dtype)
+            dw += dw_mean * grad_mean.float()
         if grad_per_token is not None:
-            row_grad += grad_per_token.float()
-        row_grad.masked_fill_(target == ctx.ignore_index, 0.0)
-        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for i in range(0, x.shape[0], ctx.chunk_rows):
-            rows = slice(i, i + ctx.chunk_rows)
-            xc = x[rows]
-            dlogits = _logits_grad_(xc @ weight.T, target[rows], lse[rows], row_grad[rows], ctx.ignore_index,
-                                    ctx.triton_path)
-            if dx is not None:
-                dx[rows] = dlogits @ weight
-            if dw is not None:
-                dw.addmm_(dlogits.T.float(), xc.float())
-        return dx, None if dw is None else dw.to(weight.dtype), None, None, None, None
+            row_grad = grad_per_token.float().masked_fill(target == ctx.ignore_index, 0.0)
+            _, _, dx_tok, dw_tok = _chunk_pass(x, weight, target, ctx.ignore_index, ctx.chunk_rows, ctx.triton_path,
+                                               lse=lse, row_grad=row_grad)
+            dx += dx_tok
+            dw += dw_tok
+        return dx, dw.to(weight.dtype), None, None, None, None
 
 
 def linear_cross_entropy(

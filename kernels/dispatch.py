@@ -43,7 +43,7 @@ def compiled_on_cpu(fn: F) -> F:
         if not compile_enabled():
             return fn(*args, **kwargs)
         if "fn" not in cache:
-            cache["fn"] = torch.compile(fn, dynamic=True)
+            cache["fn"] = torch.compile(fn)
         try:
             return cache["fn"](*args, **kwargs)
         except Exception as err:  # no C++ compiler, an inductor gap: eager still works (and re-raises bad input)

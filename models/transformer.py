@@ -108,9 +108,8 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-        """Logits (B, T, V) without targets; with targets (B, T) the cross-entropy, a scalar for
-        "mean" or (B, T) for "none" (ignored positions give 0)."""
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last block, (B, T, C) (add-ons such as n-gram heads work on it)."""
         B, T = idx.shape
         if T > self.config.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len {self.config.seq_len}")
@@ -118,6 +117,11 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
         for block in self.blocks:
             x = block(x, cos, sin)
+        return x
+
+    def output(self, x: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Final norm and head: logits, or the fused cross-entropy against targets."""
+        B, T, _ = x.shape
         x = self.norm(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x)  # (B, T, V)
@@ -126,3 +130,8 @@ class Transformer(nn.Module):
             x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T), ignore_index=IGNORE_INDEX
         )
         return per_token.view(B, T) if reduction == "none" else mean
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Logits (B, T, V) without targets; with targets (B, T) the cross-entropy, a scalar for
+        "mean" or (B, T) for "none" (ignored positions give 0)."""
+        return self.output(self.features(idx), targets, reduction)

@@ -39,6 +39,7 @@ from pipelines.indexing import DEDUP, index_outputs
 from pipelines.progress import Progress
 from pipelines.result import RunResult, ShardOutput, concat, without_text
 from pipelines.spec import Job, SpecError, StageEntry
+from pipelines.training import train_step
 
 QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
 INTERNAL = ("_shard", "_shard_rows")
@@ -85,6 +86,8 @@ def run_job(
         result = index_outputs(job.index, out_dir, result, log)
     manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
     report.write(out_dir, manifest, result, stages, job.report_samples)
+    if job.train:
+        train_step(job.train, out_dir, address, log)
     log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
     log(f"report: {out_dir / 'report.html'}")
     return manifest

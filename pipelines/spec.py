@@ -14,6 +14,7 @@ from pydantic import Field, SerializationInfo, ValidationError, create_model, mo
 
 from curate import registry
 from curate.registry import Strict
+from models.config import TrainConfig
 
 
 class Input(Strict):
@@ -89,6 +90,7 @@ class Job(Strict):
     models: dict[str, ModelTraining] = Field(default_factory=dict)
     stages: list[StageEntry] = Field(default_factory=list)
     index: IndexSpec | None = Field(None, description="build an infini-gram index of the kept documents (the last step)")
+    train: TrainConfig | None = Field(None, description="then train a language model on OUT/index into OUT/train")
     shard_docs: int = Field(1000, ge=1, description="documents per shard: the unit of work and of resume")
     batch_docs: int = Field(256, ge=1)
     max_doc_bytes: int = Field(1_000_000, ge=1)
@@ -97,11 +99,18 @@ class Job(Strict):
 
     def config_hash(self) -> str:
         """Everything that decides the output, not where it goes."""
-        data = self.model_dump(mode="json", exclude={"output", "workers"}, exclude_none=True)
+        # training resumes under its own check (TrainConfig.run_hash), so `train` may change
+        data = self.model_dump(mode="json", exclude={"output", "workers", "train"}, exclude_none=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:
         return Path(self.output or f"out/{self.name}")
+
+    @model_validator(mode="after")
+    def _train_needs_index(self) -> Job:
+        if self.train and not self.index:
+            raise ValueError("`train` trains on the job's index: add an `index:` section")
+        return self
 
 
 class SpecError(ValueError):
