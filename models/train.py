@@ -163,6 +163,8 @@ def run_training(
         if metrics:
             metrics.close()
     seconds = time.perf_counter() - t0
+    if val_loss is None:  # nothing left to train (a finished run started again)
+        val_loss = _validate(raw, val, cfg.micro_batch, device, world)
     summary = {
         "out": str(out_dir),
         "checkpoint": str(out_dir / CHECKPOINT_DIR),

@@ -4,6 +4,7 @@ and restarted run gives the uninterrupted run's losses bit for bit, and the CLI'
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ from models.train import read_metrics, train
 from tests.train_support import demo_index, quiet
 
 TINY = {"size": "tiny", "seq_len": 64, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_batches": 2}
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels(monkeypatch):
+    """kernels/ compiles its CPU paths on first use (tens of seconds); these short runs measure the loop."""
+    monkeypatch.setenv("CURATE_KERNELS_COMPILE", "0")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,8 @@ def test_killed_cli_run_resumes_from_its_last_checkpoint(index, tmp_path):
     args = [sys.executable, "-m", "curate.cli", "train", "--data", str(index), "--out", str(tmp_path / "killed")]
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps({**TINY, "steps": 5000, "checkpoint_every": 10}))
-    proc = subprocess.Popen([*args, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "CURATE_KERNELS_COMPILE": "0"}
+    proc = subprocess.Popen([*args, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 60
     while not (tmp_path / "killed" / "checkpoint").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
