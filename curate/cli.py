@@ -9,6 +9,7 @@ import sys
 
 from curate.llm import cli as llm_cli
 from indexes import cli as index_cli
+from models import cli as models_cli
 from indexes.suffix_array import SortError
 
 # Errors a user can fix, printed as one line. InputError, SpecError and the index's errors are
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     index_cli.add_commands(sub)
     llm_cli.add_commands(sub)
+    models_cli.add_commands(sub)
     return p
 
 
