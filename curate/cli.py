@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except Exception as e:
+        runtime = sys.modules.get("curate.ray_runtime")  # loaded if Ray ran, as for ModelError below
+        if runtime is not None and runtime.is_ray_failure(e):
+            print(f"curate: error: {runtime.describe_failure(e)}", file=sys.stderr)
+            return 1
         lm = sys.modules.get("curate.lm")
         if not isinstance(e, USER_ERRORS) and not (lm and isinstance(e, lm.ModelError)):
             raise
@@ -39,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default: the job's `output`)")
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--fresh", action="store_true", help="delete the output directory and start over")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own records too (else in OUT/logs/ray.log)")
     run.set_defaults(func=_run)
 
     lm = sub.add_parser(
@@ -88,7 +93,7 @@ def _run(args) -> int:
     job = load_job(args.job)  # a bad spec fails here, before Ray and the models load
     from pipelines.runner import run_job
 
-    run_job(job, out=args.out, address=args.address, fresh=args.fresh)
+    run_job(job, out=args.out, address=args.address, fresh=args.fresh, verbose=args.verbose)
     return 0
 
 
