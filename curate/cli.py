@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--unlabeled", nargs="+", help="no labels: threshold at the valley of the log-perplexity histogram")
     cal.add_argument("--label-field", default="harmful")
     cal.add_argument("--reference", help="benign reference model for the contrastive score")
+    cal.add_argument("--guard", help="benign model of the filtered genre (web pages): abstain on text it explains better")
+    cal.add_argument("--web", nargs="+", help="unlabelled files of the filtered genre: report their flag rate")
     cal.add_argument("--candidates", type=int, default=200, help="thresholds swept (at least 100)")
     cal.set_defaults(func=_lm_calibrate)
 
@@ -130,7 +132,9 @@ def _lm_calibrate(args) -> int:
     if args.candidates < 100:
         raise ValueError("--candidates must be at least 100")
     if args.labeled:
-        harmful.calibrate_model(args.model, args.labeled, args.label_field, args.reference, args.candidates)
+        harmful.calibrate_model(
+            args.model, args.labeled, args.label_field, args.reference, args.candidates, guard=args.guard, web=args.web
+        )
     else:
         harmful.calibrate_valley(args.model, args.unlabeled)
     return 0

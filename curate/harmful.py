@@ -31,14 +31,27 @@ def load_labeled(paths: list[str], label_field: str, exclude_split: str | None =
     return texts, np.asarray(labels), splits
 
 
-def calibrate_model(model_dir: str | Path, labeled: list[str], label_field: str = "harmful", reference: str | Path | None = None, candidates: int = 200, log=print) -> dict:
+def calibrate_model(
+    model_dir: str | Path,
+    labeled: list[str],
+    label_field: str = "harmful",
+    reference: str | Path | None = None,
+    candidates: int = 200,
+    log=print,
+    guard: str | Path | None = None,
+    web: list[str] | None = None,
+) -> dict:
+    """Thresholds on the val split, figures on the test split; the out-of-domain guard's levels
+    from the harmful val documents (`guard`: a benign model that knows the filtered genre, e.g.
+    web pages); with `web`, the share of those unlabelled documents flagged, with and without it."""
     texts, labels, splits = load_labeled(labeled, label_field)
     split = np.asarray(splits)
     val, test = split == "val", split == "test"
     log(f"scoring {len(texts)} labelled documents ({val.sum()} validation, {test.sum()} test)")
     lm = LanguageModel(model_dir)
     ref = LanguageModel(reference) if reference else None
-    scores = harmfulness(lm, ref, texts)
+    guard_lm = LanguageModel(guard) if guard else None
+    scores = harmfulness(lm, ref, texts, guard_lm)
     by_kind = {"perplexity": -np.log10(scores["harmful_ppl"])}
     if ref is not None:
         by_kind["contrastive"] = scores["harmful_score"]
@@ -57,10 +70,57 @@ def calibrate_model(model_dir: str | Path, labeled: list[str], label_field: str 
             entry["reference"] = str(Path(reference).resolve())
         results[kind] = entry
     default = max(results, key=lambda k: results[k]["validation"]["macro_f1"])
-    lm.card.setdefault("thresholds", {})["harmful"] = {"default": default, **results}
+    levels = guard_levels(scores, val & labels, guard)
+    unguarded = results[default]
+    t = _oriented(unguarded["threshold"], default)
+    guarded = {**unguarded, "test": calibrate.as_dict(calibrate.metrics(flag_score(scores, default, levels)[test], labels[test], t))}
+    lm.card.setdefault("thresholds", {})["harmful"] = {"default": default, **results, "guard": {**levels, "test": guarded["test"]}}
     lm.save_card()
-    log(format_table(results, default))
+    log(format_table({**results, f"{default} + guard": guarded}, default))
+    if web:
+        web_texts = [doc["text"] for doc in read_texts(web)]
+        web_scores = harmfulness(lm, ref, web_texts, guard_lm)
+        bare, kept = (np.mean(flag_score(web_scores, default, g) > t) for g in (None, levels))
+        log(f"unlabelled web text ({len(web_texts)} documents of {', '.join(web)}) flagged: {bare:.1%} without the guard, {kept:.1%} with it")
     return lm.card["thresholds"]["harmful"]
+
+
+GUARD_QUANTILES = (2.0, 99.0)  # of the harmful val documents: lowest guard margin, highest harmful perplexity
+
+
+def guard_levels(scores: dict[str, np.ndarray], harmful_val: np.ndarray, guard: str | Path | None) -> dict:
+    """Out-of-domain levels met by all but a few of the known harmful documents: the harmful
+    model's perplexity (text it finds less familiar is another genre or language), and with a
+    guard model, how much better the harmful model explains the text than a benign model of the
+    filtered genre does (a web page that a web model explains better is no tweet-like abuse)."""
+    low, high = GUARD_QUANTILES
+    levels = {"max_harmful_ppl": float(np.percentile(scores["harmful_ppl"][harmful_val], high))}
+    if guard is not None:
+        levels["reference"] = str(Path(guard).resolve())
+        levels["min_margin"] = float(np.percentile(scores["harmful_guard_margin"][harmful_val], low))
+    levels["from"] = f"percentiles {low:g}/{high:g} of the {int(harmful_val.sum())} harmful validation documents"
+    return levels
+
+
+def familiar(scores: dict[str, np.ndarray], levels: dict | None) -> np.ndarray:
+    """True where the guard lets the score decide (no levels: everywhere)."""
+    ok = np.ones(len(scores["harmful_ppl"]), dtype=bool)
+    if levels:
+        ok &= scores["harmful_ppl"] <= levels["max_harmful_ppl"]
+        if "min_margin" in levels:
+            ok &= scores["harmful_guard_margin"] >= levels["min_margin"]
+    return ok
+
+
+def flag_score(scores: dict[str, np.ndarray], kind: str, levels: dict | None) -> np.ndarray:
+    """The harmfulness of `kind` (higher = more harmful), -inf where the guard abstains."""
+    h = scores["harmful_score"] if kind == "contrastive" else -np.log10(scores["harmful_ppl"])
+    return np.where(familiar(scores, levels), h, -np.inf)
+
+
+def _oriented(threshold: float, kind: str) -> float:
+    """A card threshold on the higher-is-harmful scale of `flag_score`."""
+    return threshold if kind == "contrastive" else -np.log10(threshold)
 
 
 def calibrate_valley(model_dir: str | Path, unlabeled: list[str], log=print) -> dict:
@@ -83,30 +143,41 @@ def evaluate(model_dir: str | Path, labeled: list[str], label_field: str = "harm
     card = lm.card["thresholds"]["harmful"]
     texts, labels, _ = load_labeled(labeled, label_field, exclude_split=None)
     ref = LanguageModel(card["contrastive"]["reference"]) if "contrastive" in card else None
-    scores = harmfulness(lm, ref, texts)
-    out = {"perplexity": calibrate.as_dict(calibrate.metrics(-np.log10(scores["harmful_ppl"]), labels, -np.log10(card["perplexity"]["threshold"])))}
-    if ref is not None:
-        out["contrastive"] = calibrate.as_dict(calibrate.metrics(scores["harmful_score"], labels, card["contrastive"]["threshold"]))
+    levels = card.get("guard")
+    guard = LanguageModel(levels["reference"]) if levels and "reference" in levels else None
+    scores = harmfulness(lm, ref, texts, guard)
+    out = {}
+    for kind in calibrate.SCORES if ref is not None else ("perplexity",):
+        t = _oriented(card[kind]["threshold"], kind)
+        out[kind] = calibrate.as_dict(calibrate.metrics(flag_score(scores, kind, None), labels, t))
+        if levels and kind == card["default"]:
+            out[f"{kind} + guard"] = calibrate.as_dict(calibrate.metrics(flag_score(scores, kind, levels), labels, t))
     for kind, m in out.items():
-        log(f"{kind:12s} on {', '.join(map(str, labeled))}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} macro-F1 {m['macro_f1']:.3f} (n={m['n']}, harmful={m['positives']})")
+        log(f"{kind:20s} on {', '.join(map(str, labeled))}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} macro-F1 {m['macro_f1']:.3f} (n={m['n']}, harmful={m['positives']})")
     return out
 
 
 def format_table(results: dict, default: str) -> str:
-    lines = [f"{'score':12s} {'threshold':>10s} {'val macro-F1':>12s} {'test P':>7s} {'test R':>7s} {'test F1':>7s} {'test macro-F1':>13s}"]
+    lines = [f"{'score':20s} {'threshold':>10s} {'val macro-F1':>12s} {'test P':>7s} {'test R':>7s} {'test F1':>7s} {'test macro-F1':>13s}"]
     for kind, r in results.items():
         t = r["test"]
         mark = "  <- default" if kind == default else ""
-        lines.append(f"{kind:12s} {r['threshold']:10.4g} {r['validation']['macro_f1']:12.3f} {t['precision']:7.3f} {t['recall']:7.3f} {t['f1']:7.3f} {t['macro_f1']:13.3f}{mark}")
+        lines.append(f"{kind:20s} {r['threshold']:10.4g} {r['validation']['macro_f1']:12.3f} {t['precision']:7.3f} {t['recall']:7.3f} {t['f1']:7.3f} {t['macro_f1']:13.3f}{mark}")
     return "\n".join(lines)
 
 
-def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[str]) -> dict[str, np.ndarray]:
+def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[str], guard: LanguageModel | None = None) -> dict[str, np.ndarray]:
     """Perplexities and the harmfulness score (higher = more harmful): the contrastive
-    log10-probability difference when a reference is given, else minus log10 perplexity."""
+    log10-probability difference when a reference is given, else minus log10 perplexity; with a
+    guard model, the same difference against it (`harmful_guard_margin`, NaN without)."""
     log10_sum, tokens = lm.score_many(texts)
     harm_lp = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
     out = {"harmful_ppl": perplexity(log10_sum, tokens)}
+    if guard is not None:
+        guard_sum, guard_tokens = guard.score_many(texts)
+        out["harmful_guard_margin"] = harm_lp - guard_sum / guard_tokens
+    else:
+        out["harmful_guard_margin"] = np.full(len(texts), np.nan)
     if reference is not None:
         ref_sum, ref_tokens = reference.score_many(texts)
         ref_lp = ref_sum / ref_tokens

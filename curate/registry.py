@@ -37,6 +37,7 @@ STAGES: dict[str, StageKind] = {
     "rephrase": StageKind("curate.llm.config:RephraseConfig", "curate.llm.stages:RephraseStage"),
     "rate": StageKind("curate.llm.config:RateConfig", "curate.llm.stages:RateStage"),
     "select": StageKind("curate.llm.config:SelectConfig", "curate.llm.stages:SelectStage"),
+    "langid": StageKind("curate.langid:LangidConfig", "curate.langid:LangidStage"),
 }
 
 

@@ -2,7 +2,7 @@
 threshold can depend on the whole run (CCNet's percentile buckets):
 
 - `score(texts)` runs in Ray actors, after `setup()` has loaded the models once per actor, and
-  returns the `columns` it declares;
+  returns the `columns` it declares (plus, by name, the earlier stages' columns it `inputs`);
 - `fit(scores)` runs once on the driver over the scores of the documents that reach the stage
   and returns the run-wide parameters (cut-offs, thresholds), recorded in the manifest;
 - `decide(df, params)` adds derived columns and a `_reason` column: why the document is
@@ -59,11 +59,13 @@ class Plot:
     column: str
     lines: dict[str, float] = field(default_factory=dict)
     log: bool = True  # draw log10 of the values (perplexities)
+    language: str | None = None  # only the documents of this language (langid's `language` column)
 
 
 class Stage:
     name: str
     columns: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # earlier stages' columns that score() reads (keyword arguments, one list each)
     models: ClassVar[tuple[str, ...]] = ()
     resources: Resources = Resources()
 
@@ -121,10 +123,12 @@ class StageActor:
         valid = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(valid)
         texts = batch["text"].take(pa.array(rows)).to_pylist()
-        scores = self.stage.score(texts) if texts else {c: np.empty(0) for c in self.stage.columns}
+        given = {c: batch[c].take(pa.array(rows)).to_pylist() for c in self.stage.inputs}
+        scores = self.stage.score(texts, **given) if texts else {c: np.empty(0) for c in self.stage.columns}
         for name, values in scores.items():
             full = np.zeros(len(batch), dtype=np.asarray(values).dtype)
             full[rows] = values
-            batch = batch.append_column(name, pa.array(full, mask=~valid))
+            unscored = ~valid | np.isnan(full) if full.dtype.kind == "f" else ~valid  # NaN: not scored, stored as null
+            batch = batch.append_column(name, pa.array(full, mask=unscored))
         seconds = (time.perf_counter() - t0) / max(len(batch), 1)
         return batch.append_column(f"_seconds_{self.stage.name}", pa.array(np.full(len(batch), seconds)))

@@ -31,6 +31,7 @@ def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage],
         "stages": manifest["stages"],
         "seconds": manifest["seconds"],
         "histograms": _histograms(scores, [p for stage, params in zip(stages, result.params) for p in stage.plots(params)]),
+        "languages": _languages(result),
         "samples": _samples(result, manifest["stages"], samples),
         "index": manifest.get("index"),
         "llm": llm_report.section(scores, result.kept, result.rejected, result.synthetic, samples),
@@ -46,15 +47,36 @@ def _histograms(scores: pl.DataFrame, plots: list[Plot]) -> dict:
     out = {}
     for plot in plots:
         col, lines, log = plot.column, dict(plot.lines), plot.log
-        values = scores.filter(pl.col(col).is_not_null())[col].to_numpy() if len(scores) else np.empty(0)
+        rows = scores.filter(pl.col(col).is_not_null()) if len(scores) else scores
+        if plot.language is not None and len(rows):
+            rows = rows.filter(pl.col("language") == plot.language)
+        values = rows[col].to_numpy() if len(rows) else np.empty(0)
         if log:
             values = np.log10(np.maximum(values, 1e-12))
             lines = {k: float(np.log10(v)) for k, v in lines.items() if v and v > 0}
         if not len(values):
             continue
         counts, edges = np.histogram(values, bins=40)
-        out[col] = {"axis": f"log10 {col}" if log else col, "counts": counts.tolist(), "edges": edges.tolist(), "lines": lines}
+        name = col if plot.language is None else f"{col} [{plot.language}]"
+        out[name] = {"axis": f"log10 {col}" if log else col, "counts": counts.tolist(), "edges": edges.tolist(), "lines": lines}
     return out
+
+
+def _languages(result: RunResult) -> dict:
+    """Per language (the langid stage's `language`): documents, kept, rejected per stage."""
+    kept, rejected = result.kept, result.rejected
+    if "language" not in kept.columns and "language" not in rejected.columns:
+        return {}
+    out: dict[str, dict] = {}
+    for lang, n in (kept.group_by("language").len().rows() if "language" in kept.columns else []):
+        out.setdefault(lang, {"input": 0, "kept": 0, "rejected": {}})
+        out[lang]["kept"] = n
+        out[lang]["input"] += n
+    for lang, stage, n in (rejected.group_by("language", "reject_stage").len().rows() if "language" in rejected.columns else []):
+        out.setdefault(lang, {"input": 0, "kept": 0, "rejected": {}})
+        out[lang]["rejected"][stage] = n
+        out[lang]["input"] += n
+    return dict(sorted(out.items(), key=lambda item: -item[1]["input"]))
 
 
 def _samples(result: RunResult, stages: list[dict], n: int) -> dict:
@@ -123,6 +145,9 @@ def _html(data: dict) -> str:
         return [name, c["input"], c["kept"]] + [c["rejected"].get(s, 0) for s in stage_names] + [c["quarantined"]]
 
     counts = _table([row("all", data["counts"])] + [row(k, v) for k, v in data["sources"].items()], header)
+    if data.get("languages"):
+        lang_rows = [[k, v["input"], v["kept"]] + [v["rejected"].get(s, 0) for s in stage_names] for k, v in data["languages"].items()]
+        counts += "<h3>By language (langid)</h3>" + _table(lang_rows, ["language", "documents", "kept"] + header[3:-1])
     stages = _table([[s["stage"], _params(s)] for s in data["stages"]], ["stage", "parameters"], css="text")
     seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])
     plots = "".join(f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>" for col, h in data["histograms"].items())

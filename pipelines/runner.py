@@ -52,6 +52,7 @@ def run_job(
     started = time.time()
     model_dirs = prepare_models(job, log)
     stages = [build_stage(entry, model_dirs) for entry in job.stages]
+    check_inputs(stages)
 
     work = out_dir / "work"
     state_file = work / "state.json"
@@ -104,10 +105,12 @@ def prepare_models(job: Job, log=print) -> dict[str, str]:
             retrained.add(name)
     for name, spec in job.models.items():
         calibrated = json.loads(_card_text(dirs[name]) or "{}").get("thresholds", {}).get("harmful")
-        if spec.calibrate and (retrained & {name, spec.calibrate.reference} or not calibrated):
-            reference = _resolve(spec.calibrate.reference, dirs) if spec.calibrate.reference else None
-            log(f"calibrating {name} on {spec.calibrate.labeled}")
-            harmful.calibrate_model(dirs[name], spec.calibrate.labeled, spec.calibrate.label_field, reference, log=log)
+        cal = spec.calibrate
+        if cal and (retrained & {name, cal.reference, cal.guard} or not calibrated):
+            reference = _resolve(cal.reference, dirs) if cal.reference else None
+            guard = _resolve(cal.guard, dirs) if cal.guard else None
+            log(f"calibrating {name} on {cal.labeled}")
+            harmful.calibrate_model(dirs[name], cal.labeled, cal.label_field, reference, log=log, guard=guard, web=cal.web)
     return dirs
 
 
@@ -127,8 +130,24 @@ def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
 def build_stage(entry: StageEntry, model_dirs: dict[str, str]) -> Stage:
     """The stage of a job entry, its model settings (`Stage.models`) resolved to directories."""
     cls = registry.stage_class(entry.kind)
-    models = {name: _resolve(value, model_dirs) for name in cls.models if (value := getattr(entry.config, name))}
+    models = {name: _resolve_each(value, model_dirs) for name in cls.models if (value := getattr(entry.config, name))}
     return cls(entry.config.model_copy(update=models))
+
+
+def _resolve_each(value: str | dict[str, str], model_dirs: dict[str, str]) -> str | dict[str, str]:
+    """One model setting resolved: a name or path, or a mapping (language -> model) of them."""
+    if isinstance(value, dict):
+        return {key: _resolve(v, model_dirs) for key, v in value.items()}
+    return _resolve(value, model_dirs)
+
+
+def check_inputs(stages: list[Stage]) -> None:
+    """Every column a stage reads (`Stage.inputs`) must come from an earlier stage."""
+    made: set[str] = set()
+    for stage in stages:
+        if missing := [c for c in stage.inputs if c not in made]:
+            raise SpecError(f"stage {stage.name} reads {', '.join(missing)}: put a stage that adds it first (e.g. langid)")
+        made.update(stage.columns)
 
 
 def _shard_file(work: Path, shard: int) -> Path:

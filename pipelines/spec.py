@@ -26,6 +26,8 @@ class Calibration(Strict):
     labeled: list[str] = Field(description="labelled files; their val split picks the threshold, their test split measures it")
     label_field: str = "harmful"
     reference: str | None = Field(None, description="benign reference model (a name under `models` or a path) for the contrastive score")
+    guard: str | None = Field(None, description="benign model of the filtered genre (e.g. web pages) for the out-of-domain guard")
+    web: list[str] | None = Field(None, description="unlabelled files of the filtered genre: their flag rate is reported")
 
 
 class TrainingInput(Strict):

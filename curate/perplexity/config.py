@@ -9,10 +9,30 @@ from pydantic import Field, model_validator
 from curate.registry import Strict
 
 Bucket = Literal["head", "middle", "tail"]
+ANY_LANGUAGE = "*"  # the key of the single `model:` form: one model for every document
 
 
-class PerplexityConfig(Strict):
-    model: str
+class PerLanguage(Strict):
+    """One model for all documents (`model`), or one per language (`models`, keyed by the langid
+    stage's codes). A document in a language without a model is never scored by another's."""
+
+    model: str | None = Field(None, description="one model for every document, whatever its language")
+    models: dict[str, str] | None = Field(None, description="a model per language (langid's codes), e.g. {en: wiki}")
+    unmodeled: Literal["keep", "reject"] = Field("keep", description="what happens to a language without a model")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PerLanguage:
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give either `model` or `models` (a model per language), not both or neither")
+        if self.models is not None and (not self.models or ANY_LANGUAGE in self.models):
+            raise ValueError(f"`models` maps language codes to models (at least one, none named {ANY_LANGUAGE!r})")
+        return self
+
+    def by_language(self) -> dict[str, str]:
+        return dict(self.models) if self.models is not None else {ANY_LANGUAGE: self.model}
+
+
+class PerplexityConfig(PerLanguage):
     percentiles: tuple[float, float] = (30.0, 60.0)
     cutoffs: tuple[float, float] | None = Field(None, description="fixed head/middle upper bounds instead of percentiles")
     keep: list[Bucket] = ["head", "middle", "tail"]
@@ -28,8 +48,8 @@ class PerplexityConfig(Strict):
         return self
 
 
-class HarmfulConfig(Strict):
-    model: str
+class HarmfulConfig(PerLanguage):
     reference: str | None = Field(None, description="benign reference model; default: the one the model was calibrated with")
     score: Literal["perplexity", "contrastive"] | None = Field(None, description="default: the better one found by calibration")
     threshold: float | Literal["card", "valley"] = "card"
+    guard: bool = Field(True, description="abstain on text the harmful model finds unfamiliar (the card's out-of-domain level)")
