@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -21,6 +22,8 @@ RAY_LOGGERS = ("ray", "ray.data")
 # the name under which Ray's driver prints forwarded worker output (ray/_private/worker.py)
 RAY_PRINT_HANDLER = "ray_print_logs"
 ROUTE_HANDLER = "curate_ray_log"
+# the last line of a Python traceback: "OSError: Cannot read model ..."
+ERROR_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception)\w*: ")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"
 
 
@@ -78,27 +81,34 @@ def describe_failure(error: BaseException) -> str:
     where = f" (Ray's records, with the traceback: {_route.path})" if _route.path is not None else ""
     if isinstance(error, RayStartError):
         return f"{error}{where}"
-    cause: BaseException = error
-    seen = set()
-    while id(cause) not in seen:
-        seen.add(id(cause))
-        inner = getattr(cause, "cause", None) or cause.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        cause = inner
-    text = str(cause).strip()
-    if cause is error or not text:  # nothing but Ray's wrapper: its last line names the error
-        text = text.splitlines()[-1] if text else type(error).__name__
-    else:
-        text = f"{type(cause).__name__}: {text.splitlines()[-1]}"
-    return f"a Ray task failed: {text}{where}"
+    return f"a Ray task failed: {_original_error(error)}{where}"
+
+
+def _original_error(error: BaseException) -> str:
+    """The innermost error of Ray's chain (`cause`, `__cause__`) that says something; a remote
+    traceback in a wrapper's text ends with the line naming the original error."""
+    chain: list[BaseException] = []
+    inner: object = error
+    while isinstance(inner, BaseException) and all(inner is not seen for seen in chain):
+        chain.append(inner)
+        inner = getattr(inner, "cause", None) or inner.__cause__
+    for e in reversed(chain):
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        named = [line for line in lines if ERROR_LINE.match(line)]
+        if named:
+            return named[-1]
+        if lines:
+            return f"{type(e).__name__}: {lines[-1]}"
+    return type(error).__name__
 
 
 def format_worker_lines(data: dict[str, Any]) -> list[str]:
     """Ray's batch of forwarded worker output as lines prefixed like Ray's own:
     `(ActorName pid=123) line`."""
+    pid = data.get("pid")
     name = data.get("actor_name") or data.get("task_name") or ""
-    return [f"({name + ' ' if name else ''}pid={data.get('pid')}) {line}" for line in data.get("lines", [])]
+    prefix = f"({pid})" if pid in ("raylet", "autoscaler") else f"({name + ' ' if name else ''}pid={pid})"
+    return [f"{prefix} {line}" for line in data.get("lines", [])]
 
 
 class _Route:
@@ -110,6 +120,7 @@ class _Route:
         self.handler: logging.Handler | None = None
         self.detached: list[tuple[logging.Logger, logging.Handler]] = []
         self.printer: Callable | None = None  # Ray's printing of worker output, while detached
+        self.print_errors: Callable | None = None  # Ray's printing of its error messages, ditto
         self.native_stderr: int | None = None  # the process's fd 2, while Ray's C++ lines go to the file
         self.python_stderr: TextIO | None = None
         self.verbose = False
@@ -151,7 +162,10 @@ class _Route:
         os.dup2(self.stream.fileno(), 2)
 
     def workers(self) -> None:
-        """Send the workers' forwarded output to the file, and to the terminal only if verbose."""
+        """Send the workers' forwarded output and Ray's error messages (task retries, dead
+        workers: `(raylet) ...`) to the file, and to the terminal only if verbose."""
+        from ray._private import worker
+
         dispatcher = _dispatcher()
         dispatcher.remove_handler(ROUTE_HANDLER)
         if not self.verbose:
@@ -159,6 +173,9 @@ class _Route:
             if printer:
                 self.printer = printer[0]
                 dispatcher.remove_handler(RAY_PRINT_HANDLER)
+            # the driver's error listener prints through this module function, looked up per call
+            self.print_errors = worker.print_to_stdstream
+            worker.print_to_stdstream = lambda data, ignore_prefix: self.write_worker_lines(data)
         dispatcher.add_handler(ROUTE_HANDLER, self.write_worker_lines)
 
     def write_worker_lines(self, data: dict[str, Any]) -> None:
@@ -190,6 +207,10 @@ class _Route:
         if self.printer is not None:
             dispatcher.add_handler(RAY_PRINT_HANDLER, self.printer)
             self.printer = None
+        if self.print_errors is not None:
+            from ray._private import worker
+
+            worker.print_to_stdstream, self.print_errors = self.print_errors, None
         with self.lock:
             if self.stream is not None:
                 self.stream.close()

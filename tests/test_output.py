@@ -18,8 +18,11 @@ from curate.ray_runtime import RayStartError, describe_failure, format_worker_li
 from .conftest import REPO, write_job
 
 # Ray's Python records ("2026-11-30 10:31:41,120\tWARNING ..."), its C++ lines ("[2026-11-30
-# 10:32:10,089 E 7819 7819] core_worker.cc:...") and forwarded worker output ("(pid=12) ...")
-RAY_RECORD = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}|^\([^)]*pid=\d+", re.MULTILINE)
+# 10:32:10,089 E 7819 7819] core_worker.cc:..."), forwarded worker output ("(pid=12) ...") and
+# Ray's error messages ("(raylet) Task ... failed"), possibly coloured
+RAY_RECORD = re.compile(
+    r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}|^(\x1b\[\d+m)?\(([^)]*pid=\d+|raylet|autoscaler)", re.MULTILINE
+)
 
 
 def _curate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -89,7 +92,8 @@ def test_a_failing_stage_reaches_the_terminal(inputs, models, tmp_path):
     proc = _curate("run", str(job), "--out", str(tmp_path / "out"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     error = proc.stderr.strip().splitlines()[-1]
-    assert error.startswith("curate: error: a Ray task failed: ") and "Traceback" not in proc.stderr
+    assert error.startswith("curate: error: a Ray task failed: OSError: Cannot read model ")
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert str(tmp_path / "out" / "logs" / "ray.log") in error
     assert not RAY_RECORD.search(proc.stdout + proc.stderr)
 
@@ -101,7 +105,11 @@ def test_failure_line_unwraps_ray_errors():
             self.cause = cause
 
     assert describe_failure(Wrapper(ValueError("boom"))).startswith("a Ray task failed: ValueError: boom")
-    assert describe_failure(RuntimeError("first\nlast line")).startswith("a Ray task failed: last line")
+    assert describe_failure(RuntimeError("first\nlast line")).startswith("a Ray task failed: RuntimeError: last line")
+    # Ray Data re-raises an actor's death `from SystemException()`: the remote traceback names the error
+    died = Wrapper(Exception())
+    died.args = ("The actor died because of an error in its creation task\nTraceback:\nOSError: Cannot read model",)
+    assert describe_failure(died).startswith("a Ray task failed: OSError: Cannot read model")
     start = RayStartError("Ray did not start locally: timed out")
     assert describe_failure(start).startswith("Ray did not start locally: timed out")
     assert is_ray_failure(start) and not is_ray_failure(ValueError("a curate error"))
@@ -112,6 +120,7 @@ def test_worker_lines_carry_ray_prefixes():
     prefix = "(MapWorker(StageActor) pid=12)"
     assert format_worker_lines(batch) == [f"{prefix} loaded", f"{prefix} scored"]
     assert format_worker_lines({"pid": 3, "lines": ["x"]}) == ["(pid=3) x"]
+    assert format_worker_lines({"pid": "raylet", "lines": ["a worker died"]}) == ["(raylet) a worker died"]
 
 
 def test_ray_log_file_is_in_the_run_directory():
