@@ -5,8 +5,9 @@ against F.cross_entropy(x @ W.T) at a 32k vocabulary.
     .venv/bin/python benchmarks/kernels.py            # CPU: compiled vs eager, memory
     .venv/bin/python benchmarks/kernels.py --device cuda   # GPU: Triton vs PyTorch vs Liger / fla, memory
 
-Every time is the median of --repeats forward+backward passes after a warm-up (which also compiles);
-a ratio above 1 means the named candidate is faster than its baseline, measured in the same run.
+Every time is the median of --repeats forward+backward passes after a warm-up (which also compiles):
+CPU time of the process on CPU (robust to other jobs on a shared machine), wall time on CUDA. A ratio
+above 1 means the named candidate is faster than its baseline, measured in the same run.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def fwd_bwd_seconds(fn: Callable[[], torch.Tensor | tuple], inputs: list[torch.T
         out = out[0] if isinstance(out, tuple) else out
         torch.autograd.grad(out.float().sum(), inputs)
 
+    # on CUDA wall time; on CPU the process's CPU time, which other jobs on a shared machine disturb less
+    clock = time.perf_counter if inputs[0].is_cuda else time.process_time
     once()
     times = []
     for _ in range(repeats):
         if inputs[0].is_cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         once()
         if inputs[0].is_cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 

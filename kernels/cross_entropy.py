@@ -97,8 +97,9 @@ def _logits_grad_(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
 
 
 def default_chunk_rows(n: int, d: int, V: int) -> int:
-    """Rows per chunk so that a chunk's logits are about as large as x itself (at least 64 rows)."""
-    return max(1, min(n, triton.next_power_of_2(max(64, -(-n * d // V)))))
+    """Rows per chunk so that a chunk's logits are about as large as x itself, but at least 256 rows:
+    smaller chunks re-read dW too often (64 rows took 1.7x the time of 256 at d=256, V=32k on CPU)."""
+    return max(1, min(n, triton.next_power_of_2(max(256, -(-n * d // V)))))
 
 
 def _chunk_pass(x, weight, target, ignore_index: int, chunk_rows: int, triton_path: bool, lse=None, row_grad=None):

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import pick_triton
+from kernels.dispatch import compiled_on_cpu, pick_triton
 
 
 class LinearAttentionState(NamedTuple):
@@ -88,6 +88,9 @@ def chunked_reference(
     final = start[:, :, -1] + kv[:, :, -1]
     return o.flatten(2, 3)[:, :, :T], final.reshape(B, H, K, V)
 
+
+
+_chunked_compiled = compiled_on_cpu(chunked_reference)
 
 
 @triton.jit
@@ -190,8 +193,8 @@ def linear_attention(
 
     Returns o (B, H, T, V) in v's dtype and the final state (float32), which `linear_attention_step`
     continues from. `initial_state` is a previous state or JRT's `prefix_state`. backend "auto": Triton
-    on CUDA tensors, the chunked PyTorch reference elsewhere (eager: compiling it was slower on CPU,
-    kernels/README.md); "reference" is the recurrent oracle.
+    on CUDA tensors, the compiled chunked PyTorch reference elsewhere; "reference" is the recurrent
+    oracle.
     """
     B, H, T, K = q.shape
     if k.shape != q.shape or v.shape[:3] != q.shape[:3] or chunk < 16 or chunk & (chunk - 1):
@@ -209,6 +212,6 @@ def linear_attention(
     elif pick_triton(backend, q, k, v):
         o, h = _LinearAttentionTriton.apply(q, k, v1, h0, chunk)
     else:
-        o, h = chunked_reference(q, k, v1, h0, chunk)
+        o, h = _chunked_compiled(q, k, v1, h0, chunk)
     out = o[..., :-1] / (o[..., -1:] + eps)
     return out.to(v.dtype), LinearAttentionState(h[..., :-1], h[..., -1])

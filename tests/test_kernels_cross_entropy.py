@@ -67,7 +67,7 @@ def test_bad_shapes_name_the_tensors():
 
 
 def test_peak_memory_never_holds_the_logits():
-    n, d, V = 512, 64, 8000
+    n, d, V = 2048, 64, 8000  # chunks of 256 rows: an eighth of the logits
     logits_bytes = n * V * 4
     x, w, target = _inputs(n, d, V)
     peaks = {}
