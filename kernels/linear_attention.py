@@ -36,7 +36,7 @@ class LinearAttentionState(NamedTuple):
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """Based's 2nd-order Taylor map, (..., f) -> (..., 1 + f + f^2), with phi(q).phi(k) = 1 + s + s^2/2, s = q.k/sqrt(f)."""
+    """Based's 2nd-order Taylor map, (..., f) -> (..., 1 + f + f^2): phi(q).phi(k) = 1 + s + s^2/2, s = q.k/sqrt(f)."""
     f = x.shape[-1]
     outer = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2 * f)
     return torch.cat([torch.ones_like(x[..., :1]), x / f**0.25, outer], dim=-1)
