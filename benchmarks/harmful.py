@@ -70,11 +70,15 @@ def main() -> None:
             return f"{flags[where].mean():.1%} ({int(flags[where].sum())}/{int(where.sum())})"
 
         test = card["guard"]["test"]
-        print(f"\nweb sample: {len(texts)} pages, {english.sum()} English (langid), {held_out.sum()} outside the train split")
+        print(f"\nweb sample: {len(texts)} pages, {english.sum()} English (langid), {held_out.sum()} outside train")
         print("| | Davidson test macro-F1 | Jigsaw macro-F1 | English pages flagged | held out | other languages flagged |")
         print("|---|---|---|---|---|---|")
-        print(f"| before | {card[kind]['test']['macro_f1']:.3f} | {jigsaw[kind]['macro_f1']:.3f} | {rate(before, english)} | {rate(before, english & held_out)} | {rate(before, ~english)} |")
-        print(f"| after | {test['macro_f1']:.3f} | {jigsaw[kind + ' + guard']['macro_f1']:.3f} | {rate(after, english)} | {rate(after, english & held_out)} | {rate(after, ~english)} |")
+        for name, dav, jig, flags in (
+            ("before", card[kind]["test"], jigsaw[kind], before),
+            ("after", test, jigsaw[kind + " + guard"], after),
+        ):
+            pages = f"{rate(flags, english)} | {rate(flags, english & held_out)} | {rate(flags, ~english)}"
+            print(f"| {name} | {dav['macro_f1']:.3f} | {jig['macro_f1']:.3f} | {pages} |")
         print(f"(the guard alone, without langid, on other languages: {rate(guarded, ~english)})")
         print(f"langid speed (lid.176.ftz, 1 process): {langid_rate:.0f} docs/s")
 

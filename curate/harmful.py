@@ -73,15 +73,18 @@ def calibrate_model(
     levels = guard_levels(scores, val & labels, guard)
     unguarded = results[default]
     t = _oriented(unguarded["threshold"], default)
-    guarded = {**unguarded, "test": calibrate.as_dict(calibrate.metrics(flag_score(scores, default, levels)[test], labels[test], t))}
-    lm.card.setdefault("thresholds", {})["harmful"] = {"default": default, **results, "guard": {**levels, "test": guarded["test"]}}
+    guarded_test = calibrate.metrics(flag_score(scores, default, levels)[test], labels[test], t)
+    guarded = {**unguarded, "test": calibrate.as_dict(guarded_test)}
+    thresholds = {"default": default, **results, "guard": {**levels, "test": guarded["test"]}}
+    lm.card.setdefault("thresholds", {})["harmful"] = thresholds
     lm.save_card()
     log(format_table({**results, f"{default} + guard": guarded}, default))
     if web:
         web_texts = [doc["text"] for doc in read_texts(web)]
         web_scores = harmfulness(lm, ref, web_texts, guard_lm)
         bare, kept = (np.mean(flag_score(web_scores, default, g) > t) for g in (None, levels))
-        log(f"unlabelled web text ({len(web_texts)} documents of {', '.join(web)}) flagged: {bare:.1%} without the guard, {kept:.1%} with it")
+        what = f"unlabelled web text ({len(web_texts)} documents of {', '.join(web)})"
+        log(f"{what} flagged: {bare:.1%} without the guard, {kept:.1%} with it")
     return lm.card["thresholds"]["harmful"]
 
 
@@ -166,7 +169,9 @@ def format_table(results: dict, default: str) -> str:
     return "\n".join(lines)
 
 
-def harmfulness(lm: LanguageModel, reference: LanguageModel | None, texts: list[str], guard: LanguageModel | None = None) -> dict[str, np.ndarray]:
+def harmfulness(
+    lm: LanguageModel, reference: LanguageModel | None, texts: list[str], guard: LanguageModel | None = None
+) -> dict[str, np.ndarray]:
     """Perplexities and the harmfulness score (higher = more harmful): the contrastive
     log10-probability difference when a reference is given, else minus log10 perplexity; with a
     guard model, the same difference against it (`harmful_guard_margin`, NaN without)."""

@@ -20,8 +20,8 @@ from curate.stages import Plot, Stage
 
 
 class LangidConfig(Strict):
-    keep: list[str] | None = Field(None, description="ISO 639 codes of the languages to keep (fastText's labels); none: keep all")
-    min_score: float = Field(0.5, ge=0.0, le=1.0, description="reject documents whose top language is less probable (CCNet: 0.5)")
+    keep: list[str] | None = Field(None, description="languages to keep (fastText's ISO codes); none: keep all")
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="reject a less probable top language (CCNet: 0.5)")
 
 
 class LangidStage(Stage):

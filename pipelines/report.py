@@ -58,7 +58,8 @@ def _histograms(scores: pl.DataFrame, plots: list[Plot]) -> dict:
             continue
         counts, edges = np.histogram(values, bins=40)
         name = col if plot.language is None else f"{col} [{plot.language}]"
-        out[name] = {"axis": f"log10 {col}" if log else col, "counts": counts.tolist(), "edges": edges.tolist(), "lines": lines}
+        axis = f"log10 {col}" if log else col
+        out[name] = {"axis": axis, "counts": counts.tolist(), "edges": edges.tolist(), "lines": lines}
     return out
 
 
@@ -68,14 +69,15 @@ def _languages(result: RunResult) -> dict:
     if "language" not in kept.columns and "language" not in rejected.columns:
         return {}
     out: dict[str, dict] = {}
-    for lang, n in (kept.group_by("language").len().rows() if "language" in kept.columns else []):
-        out.setdefault(lang, {"input": 0, "kept": 0, "rejected": {}})
-        out[lang]["kept"] = n
-        out[lang]["input"] += n
-    for lang, stage, n in (rejected.group_by("language", "reject_stage").len().rows() if "language" in rejected.columns else []):
-        out.setdefault(lang, {"input": 0, "kept": 0, "rejected": {}})
-        out[lang]["rejected"][stage] = n
-        out[lang]["input"] += n
+    kept_rows = kept.group_by("language").len().rows() if "language" in kept.columns else []
+    rejected_rows = rejected.group_by("language", "reject_stage").len().rows() if "language" in rejected.columns else []
+    for lang, stage, n in [(lang, None, n) for lang, n in kept_rows] + rejected_rows:
+        entry = out.setdefault(lang, {"input": 0, "kept": 0, "rejected": {}})
+        entry["input"] += n
+        if stage is None:
+            entry["kept"] = n
+        else:
+            entry["rejected"][stage] = n
     return dict(sorted(out.items(), key=lambda item: -item[1]["input"]))
 
 
@@ -146,7 +148,8 @@ def _html(data: dict) -> str:
 
     counts = _table([row("all", data["counts"])] + [row(k, v) for k, v in data["sources"].items()], header)
     if data.get("languages"):
-        lang_rows = [[k, v["input"], v["kept"]] + [v["rejected"].get(s, 0) for s in stage_names] for k, v in data["languages"].items()]
+        languages = data["languages"].items()
+        lang_rows = [[k, v["input"], v["kept"]] + [v["rejected"].get(s, 0) for s in stage_names] for k, v in languages]
         counts += "<h3>By language (langid)</h3>" + _table(lang_rows, ["language", "documents", "kept"] + header[3:-1])
     stages = _table([[s["stage"], _params(s)] for s in data["stages"]], ["stage", "parameters"], css="text")
     seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])

@@ -31,7 +31,8 @@ def langid() -> LangidStage:
 
 
 def _rows(**columns) -> pl.DataFrame:
-    return pl.DataFrame(columns).with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
+    none = pl.lit(None, pl.String)
+    return pl.DataFrame(columns).with_columns(reject_stage=none, reject_reason=none)
 
 
 def test_bundled_model_loads_without_fetching(monkeypatch):
@@ -56,7 +57,8 @@ def test_short_empty_and_mixed_text_are_uncertain(langid):
     mixed = ENGLISH + " " + GERMAN
     scores = langid.score(["", "   ", "hi", mixed])
     assert (scores["language_score"][:3] < 0.5).all()  # no evidence: below CCNet's 0.5
-    assert scores["language"][3] in ("en", "de") and scores["language_score"][3] < langid.score([GERMAN])["language_score"][0]
+    assert scores["language"][3] in ("en", "de")
+    assert scores["language_score"][3] < langid.score([GERMAN])["language_score"][0]
     df = _apply(_rows(id=list("abcd"), **scores), langid, {})
     reasons = df["reject_reason"].to_list()
     assert reasons[0].startswith("language en (0.12) below min_score 0.5") and all(r for r in reasons[:3])
@@ -66,7 +68,8 @@ def test_reason_names_language_and_kept_list(langid):
     df = _apply(_rows(id=["a", "b"], **langid.score([ENGLISH, GERMAN])), langid, {})
     assert df["reject_reason"].to_list() == [None, "language de (0.99) not in [en]"]
     keep_all = LangidStage(LangidConfig(min_score=0.0))
-    assert _apply(_rows(id=["b"], language=["de"], language_score=[0.3]), keep_all, {})["reject_stage"].to_list() == [None]
+    unsure = _rows(id=["b"], language=["de"], language_score=[0.3])
+    assert _apply(unsure, keep_all, {})["reject_stage"].to_list() == [None]
 
 
 class RecordingModel:
@@ -90,10 +93,11 @@ def test_a_german_document_never_reaches_the_english_model():
 
 
 def test_buckets_are_fitted_per_language_and_unmodeled_is_kept_or_rejected():
-    df = _rows(id=list("abcdefg"), language=["en"] * 3 + ["fr"] * 3 + ["de"], ppl=[10.0, 20.0, 30.0, 100.0, 200.0, 300.0, None])
+    ppl = [10.0, 20.0, 30.0, 100.0, 200.0, 300.0, None]
+    df = _rows(id=list("abcdefg"), language=["en"] * 3 + ["fr"] * 3 + ["de"], ppl=ppl)
     for unmodeled, reason in (("keep", None), ("reject", "language de has no perplexity model (unmodeled: reject)")):
-        config = PerplexityConfig(models={"en": "e", "fr": "f"}, percentiles=(50, 50), keep=["head"], unmodeled=unmodeled)
-        stage = PerplexityFilter(config)
+        config = {"models": {"en": "e", "fr": "f"}, "percentiles": (50, 50), "keep": ["head"], "unmodeled": unmodeled}
+        stage = PerplexityFilter(PerplexityConfig(**config))
         params = stage.fit(df)
         assert params["languages"]["en"]["cutoffs"]["head"] == pytest.approx(20.0)
         assert params["languages"]["fr"]["cutoffs"]["head"] == pytest.approx(200.0)

@@ -52,4 +52,4 @@ class HarmfulConfig(PerLanguage):
     reference: str | None = Field(None, description="benign reference model; default: the one the model was calibrated with")
     score: Literal["perplexity", "contrastive"] | None = Field(None, description="default: the better one found by calibration")
     threshold: float | Literal["card", "valley"] = "card"
-    guard: bool = Field(True, description="abstain on text the harmful model finds unfamiliar (the card's out-of-domain level)")
+    guard: bool = Field(True, description="abstain on text unfamiliar to the harmful model (the card's guard levels)")

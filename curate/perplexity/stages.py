@@ -108,7 +108,8 @@ class PerplexityFilter(Routed):
                 ppl = frame["ppl"].drop_nulls().to_numpy() if len(frame) else np.empty(0)
                 head, middle = (float(np.percentile(ppl, p)) for p in c.percentiles) if len(ppl) else (0.0, 0.0)
                 how = f"percentiles {c.percentiles[0]:g}/{c.percentiles[1]:g} of this run ({len(ppl)} documents)"
-            fitted[key] = {"cutoffs": {"head": head, "middle": middle}, "cutoffs_from": how, "keep": list(c.keep), "max_ppl": c.max_ppl}
+            cutoffs = {"head": head, "middle": middle}
+            fitted[key] = {"cutoffs": cutoffs, "cutoffs_from": how, "keep": list(c.keep), "max_ppl": c.max_ppl}
         return self.pack(fitted)
 
     def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
@@ -122,10 +123,12 @@ class PerplexityFilter(Routed):
 
         ppl = pl.col("ppl")
         bucket = pl.when(key.is_null()).then(None).when(ppl < bound("head")).then(pl.lit("head"))
-        df = df.with_columns(bucket.when(ppl < bound("middle")).then(pl.lit("middle")).otherwise(pl.lit("tail")).alias("ppl_bucket"))
+        bucket = bucket.when(ppl < bound("middle")).then(pl.lit("middle")).otherwise(pl.lit("tail"))
+        df = df.with_columns(bucket.alias("ppl_bucket"))
         shown = ppl.round(1)
         outside = pl.format("ppl {} in bucket {} (keeping {})", shown, pl.col("ppl_bucket"), pl.lit(",".join(keep)))
-        reason = pl.when(key.is_null()).then(self.unmodeled("perplexity")).when(~pl.col("ppl_bucket").is_in(list(keep))).then(outside)
+        reason = pl.when(key.is_null()).then(self.unmodeled("perplexity"))
+        reason = reason.when(~pl.col("ppl_bucket").is_in(list(keep))).then(outside)
         if max_ppl is not None:
             reason = reason.when(ppl > max_ppl).then(pl.format("ppl {} > max_ppl {}", shown, pl.lit(max_ppl)))
         return df.with_columns(reason.otherwise(None).alias("_reason"))
@@ -159,10 +162,14 @@ class HarmfulModel:
         contrastive = kind == "contrastive"
         reference = config.reference or (card.get("contrastive", {}).get("reference") if contrastive else None)
         if contrastive and not reference:
-            raise ValueError(f"the contrastive harmful score of {model} needs a reference model: set `reference` or calibrate with one")
+            raise ValueError(
+                f"the contrastive harmful score of {model} needs a reference model: set `reference` or calibrate with one"
+            )
         threshold = card.get(kind, {}).get("threshold")
         if config.threshold == "card" and threshold is None:
-            raise ValueError(f"{model} has no calibrated {kind} threshold: run `curate kenlm calibrate` or set `threshold`")
+            raise ValueError(
+                f"{model} has no calibrated {kind} threshold: run `curate kenlm calibrate` or set `threshold`"
+            )
         return cls(model, kind, reference, threshold, card.get("guard") if config.guard else None)
 
 
@@ -186,7 +193,9 @@ class HarmfulFilter(Routed):
         def load(path: str | None) -> LanguageModel | None:
             return LanguageModel(path) if path else None
 
-        self.lms = {k: (load(h.model), load(h.reference), load((h.guard or {}).get("reference"))) for k, h in self.harm.items()}
+        self.lms = {
+            k: (load(h.model), load(h.reference), load((h.guard or {}).get("reference"))) for k, h in self.harm.items()
+        }
 
     def score(self, texts: list[str], language: list[str] | None = None) -> dict[str, np.ndarray]:
         assert self.lms, "setup() loads the models"
@@ -215,7 +224,8 @@ class HarmfulFilter(Routed):
                 threshold, how = float(threshold), "given"
             column = "harmful_score" if h.score == "contrastive" else "harmful_ppl"
             guard = {k: v for k, v in h.guard.items() if k in ("max_harmful_ppl", "min_margin")} if h.guard else None
-            fitted[key] = {"score": h.score, "column": column, "threshold": threshold, "threshold_from": how, "guard": guard}
+            fitted[key] = {"score": h.score, "column": column, "threshold": threshold, "threshold_from": how}
+            fitted[key]["guard"] = guard
         return self.pack(fitted)
 
     def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
@@ -230,12 +240,14 @@ class HarmfulFilter(Routed):
                 text = pl.format(how, pl.col("harmful_score").round(3), pl.lit(round(t, 3)))
             else:
                 over = pl.col("harmful_ppl") < t
-                text = pl.format("harmful_ppl {} < {} (harmful-only model)", pl.col("harmful_ppl").round(1), pl.lit(round(t, 1)))
+                how = "harmful_ppl {} < {} (harmful-only model)"
+                text = pl.format(how, pl.col("harmful_ppl").round(1), pl.lit(round(t, 1)))
             familiar = pl.col("harmful_familiar")
             hit = (here & over & familiar).fill_null(False)
             flagged, guarded = flagged | hit, guarded | (here & over & ~familiar).fill_null(False)
             reason = reason.when(hit).then(text)
-        return df.with_columns(flagged.alias("is_harmful"), guarded.alias("harmful_guarded"), reason.otherwise(None).alias("_reason"))
+        reason = reason.otherwise(None).alias("_reason")
+        return df.with_columns(flagged.alias("is_harmful"), guarded.alias("harmful_guarded"), reason)
 
     def plots(self, params: dict[str, Any]) -> list[Plot]:
         return [
