@@ -8,10 +8,19 @@ import dataclasses
 
 from torch import nn
 
+from models.based import Based, BasedConfig
+from models.block import BlockConfig, BlockTransformer
+from models.h3 import H3, H3Config
+from models.jrt import JRT, JRTConfig
+from models.ngram import with_ngram_heads
 from models.transformer import Transformer, TransformerConfig
 
 ARCHITECTURES: dict[str, tuple[type, type]] = {
     "transformer": (TransformerConfig, Transformer),
+    "based": (BasedConfig, Based),
+    "jrt": (JRTConfig, JRT),
+    "h3": (H3Config, H3),
+    "block": (BlockConfig, BlockTransformer),
 }
 
 # Named sizes per architecture (vocab_size comes from the data at training time).
@@ -22,7 +31,39 @@ SIZES: dict[str, dict[str, dict]] = {
         "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512},
         "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024},  # GPT-2 small's shape
     },
+    # sizes of the other architectures: near the Transformer's parameter count at each size
+    "based": {
+        "tiny": {"n_layer": 3, "n_head": 4, "n_embd": 64, "seq_len": 128, "feature_dim": 8, "window": 16,
+                 "pattern": "cls"},
+        "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256, "window": 32},
+        "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512},
+        "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024},
+    },
+    "jrt": {
+        "tiny": {"n_layer": 3, "n_head": 4, "n_embd": 64, "seq_len": 128, "feature_dim": 8, "window": 16,
+                 "pattern": "cls", "prefix_len": 8},
+        "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256, "window": 32, "prefix_len": 128},
+        "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512, "prefix_len": 256},
+        "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024, "prefix_len": 512},
+    },
+    "h3": {
+        "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "seq_len": 128, "d_state": 16, "attn_layers": [1]},
+        "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256, "attn_layers": [1]},
+        "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512, "attn_layers": [1, 4]},
+        "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024, "attn_layers": [1, 8]},  # the paper's
+    },
+    "block": {
+        "tiny": {"block_layers": 1, "token_layers": 1, "n_head": 4, "n_embd": 64, "seq_len": 128},
+        "small": {"block_layers": 2, "token_layers": 2, "n_head": 4, "n_embd": 128, "seq_len": 256},
+        "mini": {"block_layers": 3, "token_layers": 3, "n_head": 6, "n_embd": 384, "seq_len": 512},
+        "125m": {"block_layers": 6, "token_layers": 6, "n_head": 12, "n_embd": 768, "seq_len": 1024},
+    },
 }
+
+# n-gram heads on top of every backbone: `transformer+ngram`, `based+ngram`, ... (models/ngram.py)
+for _name in list(ARCHITECTURES):
+    ARCHITECTURES[f"{_name}+ngram"] = with_ngram_heads(_name, *ARCHITECTURES[_name])
+    SIZES[f"{_name}+ngram"] = SIZES[_name]
 
 
 def _check_arch(arch: str) -> None:

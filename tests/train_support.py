@@ -38,6 +38,15 @@ def demo_index(root: Path, vocab: int = 2000, docs_per_file: int = 250) -> Path:
     return root / f"ix{vocab}"
 
 
+def same_outputs(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal, or within the float rounding a model declares as `causal_tolerance` (relative to the
+    outputs' scale: FFT convolutions mix every position's rounding into every output)."""
+    tolerance = getattr(model, "causal_tolerance", 0.0)
+    if not tolerance:
+        return torch.equal(a, b)
+    return bool((a - b).abs().max() <= tolerance * b.abs().max())
+
+
 def assert_causal(arch: str, size: str = "tiny", vocab: int = 97, seq_len: int = 24, seed: int = 0) -> None:
     """Changing token t+1 (and everything after it) never changes the outputs at positions <= t."""
     torch.manual_seed(seed)
@@ -51,5 +60,5 @@ def assert_causal(arch: str, size: str = "tiny", vocab: int = 97, seq_len: int =
             changed = idx.clone()
             changed[:, t + 1 :] = torch.randint(0, vocab, (2, seq_len - t - 1), generator=gen)
             out = model(changed)
-            assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"{arch}: position <= {t} saw a later token"
+            assert same_outputs(model, out[:, : t + 1], base[:, : t + 1]), f"{arch}: position <= {t} saw a later token"
             assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :]), f"{arch}: later positions ignore their tokens"
