@@ -37,9 +37,10 @@ def _losses(out) -> dict[int, float]:
 
 def test_tiny_model_loss_falls_within_a_minute(index, tmp_path):
     cfg = TrainConfig(**TINY, steps=40, eval_every=20)
-    t0 = time.perf_counter()
+    cpu = time.process_time()
     summary = train(cfg, index, tmp_path / "run", log=quiet)
-    assert time.perf_counter() - t0 < 60
+    # CPU seconds, not wall-clock: the cores are shared with other sessions (22 s measured at load 22)
+    assert time.process_time() - cpu < 60
     losses = summary["losses"]
     assert len(losses) == 40 and summary["step"] == 40
     assert sum(losses[-10:]) / 10 < losses[0] - 0.8  # from ln(2000) = 7.6 at initialisation to below 6.8
