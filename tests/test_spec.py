@@ -11,8 +11,8 @@ def _job(tmp_path, text):
 
 def test_demo_job_is_valid():
     job = load_job("jobs/demo.yaml")
-    assert [s.kind for s in job.stages] == ["harmful", "perplexity"]
-    assert job.models["harmful"].calibrate.reference == "benign"
+    assert [s.kind for s in job.stages] == ["langid", "harmful", "perplexity"]
+    assert job.models["harmful"].calibrate.reference == "benign" and job.models["harmful"].calibrate.guard == "web"
 
 
 def test_unknown_key_names_its_path(tmp_path):
