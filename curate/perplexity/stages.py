@@ -86,12 +86,11 @@ class PerplexityFilter(Routed):
 
     def score(self, texts: list[str], language: list[str] | None = None) -> dict[str, np.ndarray]:
         assert self.lms, "setup() loads the models"
-        groups = self.groups(len(texts), language)
-        if self.single:
+        if self.single:  # every row, and the token counts stay integers
             log10_sum, tokens = self.lms[ANY_LANGUAGE].score_many(texts)
             return {"ppl_log10": log10_sum, "ppl_tokens": tokens, "ppl": perplexity(log10_sum, tokens)}
         out = {c: np.full(len(texts), np.nan) for c in self.columns}
-        for key, rows in groups.items():
+        for key, rows in self.groups(len(texts), language).items():
             log10_sum, tokens = self.lms[key].score_many([texts[i] for i in rows])
             out["ppl_log10"][rows], out["ppl_tokens"][rows] = log10_sum, tokens
             out["ppl"][rows] = perplexity(log10_sum, tokens)
