@@ -6,6 +6,7 @@ single-process loop that reads the same file and calls kenlm line by line as CCN
 The corpus is the shipped web sample (OpenWebText + Common Crawl, 1,670 documents) repeated
 `--copies` times with fresh ids; the model is a CCNet-recipe model trained on the shipped
 Wikipedia sample. Both sides score every document; the ratio is baseline time / curate time.
+The langid stage's own speed (fastText lid.176.ftz, one process, same documents) is printed beside.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import kenlm
 import sentencepiece as spm
 
 from curate import lm
+from curate.langid import LangidConfig, LangidStage
 from curate.normalize import normalize_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +59,22 @@ def ccnet_loop(corpus: Path, model_dir: Path) -> list[float]:
     return out
 
 
+def langid_loop(corpus: Path) -> int:
+    """The langid stage over the corpus in one process, in batches as an actor gets them."""
+    stage = LangidStage(LangidConfig())
+    stage.setup()
+    n = 0
+    with open(corpus, encoding="utf-8") as f:
+        batch = []
+        for line in f:
+            batch.append(json.loads(line)["text"])
+            if len(batch) == 256:
+                n += len(stage.score(batch)["language"])
+                batch = []
+        n += len(stage.score(batch)["language"]) if batch else 0
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=60)
@@ -72,6 +90,9 @@ def main() -> None:
         t0 = time.perf_counter()
         baseline = ccnet_loop(corpus, model_dir)
         t_base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert langid_loop(corpus) == n
+        t_langid = time.perf_counter() - t0
 
         job = tmp / "job.yaml"
         job.write_text(json.dumps({"name": "bench", "inputs": [{"path": str(corpus)}], "shard_docs": 2000, "batch_docs": 256, "max_doc_bytes": 10_000_000,
@@ -84,7 +105,7 @@ def main() -> None:
         manifest = json.loads((tmp / "out" / "manifest.json").read_text())
         assert manifest["input"] == n == len(baseline), "both sides must score every document"
 
-    rows = [("plain CCNet loop (1 process)", t_base), ("curate run (Ray, incl. start-up)", t_run)]
+    rows = [("plain CCNet loop (1 process)", t_base), ("curate run (Ray, incl. start-up)", t_run), ("langid alone (1 process)", t_langid)]
     for name, t in rows:
         print(f"{name:34s} {t:7.1f} s  {n / t:8.0f} docs/s  {size / 1e6 / t:6.2f} MB/s")
     print(f"ratio (baseline time / curate time): {t_base / t_run:.2f}x")
