@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import rotary_tables
-from models.mixers import lm_output, mlp_width
-from models.transformer import Block, RMSNorm, TransformerConfig
+from models.mixers import mlp_width
+from models.transformer import Block, RMSNorm, TransformerConfig, lm_output
 
 
 @dataclass

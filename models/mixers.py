@@ -15,21 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import apply_rotary, linear_cross_entropy, rotary_tables
-from models.transformer import IGNORE_INDEX, Attention, RMSNorm, SwiGLU
-
-
-def lm_output(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor | None, reduction: str
-) -> torch.Tensor:
-    """Logits (B, T, V) without targets; else the fused cross-entropy (scalar for "mean", (B, T) for "none")."""
-    B, T, _ = x.shape
-    if targets is None:
-        return x @ weight.T
-    mean, per_token = linear_cross_entropy(
-        x.reshape(B * T, -1), weight, targets.reshape(B * T), ignore_index=IGNORE_INDEX
-    )
-    return per_token.view(B, T) if reduction == "none" else mean
+from kernels import apply_rotary, rotary_tables
+from models.transformer import Attention, RMSNorm, SwiGLU, lm_output
 
 
 class WindowAttention(Attention):

@@ -16,6 +16,19 @@ from kernels import apply_rotary, linear_cross_entropy, rms_norm, rotary_tables
 IGNORE_INDEX = -100  # targets equal to this add nothing to the loss
 
 
+def lm_output(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """The head of every architecture: logits (B, T, V) of the normed stream x (B, T, C) without targets;
+    else the cross-entropy, scalar for "mean" or (B, T) for "none" (ignored positions give 0)."""
+    if targets is None:
+        return F.linear(x, weight)  # (B, T, V)
+    B, T, _ = x.shape
+    # fused linear + cross-entropy: the (B*T, V) logits are never held whole (kernels/cross_entropy.py)
+    mean, per_token = linear_cross_entropy(
+        x.reshape(B * T, -1), weight, targets.reshape(B * T), ignore_index=IGNORE_INDEX
+    )
+    return per_token.view(B, T) if reduction == "none" else mean
+
+
 @dataclass
 class TransformerConfig:
     vocab_size: int = 32000
@@ -121,15 +134,7 @@ class Transformer(nn.Module):
 
     def output(self, x: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Final norm and head: logits, or the fused cross-entropy against targets."""
-        B, T, _ = x.shape
-        x = self.norm(x)  # (B, T, C)
-        if targets is None:
-            return self.lm_head(x)  # (B, T, V)
-        # fused linear + cross-entropy: the (B*T, V) logits are never held whole (kernels/cross_entropy.py)
-        mean, per_token = linear_cross_entropy(
-            x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T), ignore_index=IGNORE_INDEX
-        )
-        return per_token.view(B, T) if reduction == "none" else mean
+        return lm_output(self.norm(x), self.lm_head.weight, targets, reduction)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Logits (B, T, V) without targets; with targets (B, T) the cross-entropy, a scalar for
