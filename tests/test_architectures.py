@@ -18,7 +18,7 @@ from curate.cli import main
 from kernels import fft_conv
 from models.config import TrainConfig
 from models.ngram import ngram_matches
-from models.registry import ARCHITECTURES, build_model, model_configs
+from models.registry import ARCHITECTURES, build_model, count_parameters, model_configs
 from models.train import train
 from tests.train_support import assert_causal, demo_index, quiet
 
@@ -188,3 +188,13 @@ def test_tiny_model_learns_on_the_demo_shards_and_curate_eval_scores_it(arch, in
     assert main(["eval", str(tmp_path / "run"), "--data", str(index), "--max-docs", "12", "--json"]) == 0
     overall = json.loads(capsys.readouterr().out)["overall"]
     assert overall["docs"] > 0 and overall["loss"] < math.log(2000) - 0.3 and 0 < overall["bits_per_byte"] < 10
+
+
+@pytest.mark.parametrize("arch", ["based", "jrt", "h3", "block", "transformer+ngram"])
+def test_named_sizes_grow_to_about_125m(arch):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation work
+        counts = {name: count_parameters(build_model(arch, {**cfg, "vocab_size": 32000}))
+                  for name, cfg in model_configs(arch).items()}
+    assert list(counts) == ["tiny", "small", "mini", "125m"]
+    assert sorted(counts.values()) == list(counts.values())
+    assert 100e6 < counts["125m"] < 135e6, counts
