@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from curate.registry import Strict
+from curate.settings import load_settings
 
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainConfig(Strict):
 
     arch: str = "transformer"
     size: str = Field("tiny", description="a named size of the architecture (models/registry.py)")
@@ -78,23 +79,4 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: str | Path | None, **overrides: Any) -> TrainConfig:
     """A YAML/JSON training config file (or none) with command-line overrides on top."""
-    data: dict = {}
-    name = str(path) if path else "command line"
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ValueError(f"training config {path} not found") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a mapping, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{name}: invalid training config"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ValueError("\n".join(lines)) from None
+    return load_settings(path, TrainConfig, "training config", overrides)

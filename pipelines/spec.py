@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, SerializationInfo, ValidationError, create_model, model_serializer, model_validator
+from pydantic import Field, SerializationInfo, create_model, model_serializer, model_validator
 
 from curate import registry
 from curate.registry import Strict
+from curate.settings import SettingsError, load_settings
 from models.config import TrainConfig
 
 
@@ -115,25 +115,9 @@ class Job(Strict):
         return self
 
 
-class SpecError(ValueError):
+class SpecError(SettingsError):
     """An invalid job file; the message lists every problem with its key path."""
 
 
 def load_job(path: str | Path) -> Job:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"job file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a job is a YAML mapping, got {type(data).__name__}")
-    try:
-        return Job.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{path}: invalid job"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise SpecError("\n".join(lines)) from None
+    return load_settings(path, Job, "job", error=SpecError)
