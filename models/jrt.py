@@ -72,7 +72,11 @@ class JRT(Based):
         return torch.cat([head, x[:, P - 1 :]], dim=1)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean", prefix_len: int | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        prefix_len: int | None = None,
     ) -> torch.Tensor:
         """As the Transformer's call; `prefix_len` turns on prefix mode (see the module's docstring)."""
         return self.output(self.features(idx, prefix_len=prefix_len), targets, reduction)

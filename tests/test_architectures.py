@@ -65,7 +65,7 @@ def test_no_gradient_flows_from_a_later_token_to_an_earlier_output(arch):
         for g in embedding_grads(model, idx, t):
             later = g[:, t + 1 :]  # JRT's causal pass looks up fewer positions, Block pads its last block
             if later.numel():
-                assert later.abs().max() <= tolerance * g.abs().max(), f"{arch}: output {t} has a later token's gradient"
+                assert later.abs().max() <= tolerance * g.abs().max(), f"{arch}: output {t}: a later token's gradient"
             seen[: g.shape[1]] |= g[:, :T].abs().amax(dim=(0, 2)) > 0
         assert seen[: t + 1].all(), f"{arch}: output {t} has no gradient from some earlier token"
 
