@@ -1,4 +1,4 @@
-"""`curate train`, `curate eval` and `curate generate` (wired into curate/cli.py)."""
+"""`curate train`, `curate eval`, `curate generate` and `curate ablate` (wired into curate/cli.py)."""
 
 from __future__ import annotations
 
