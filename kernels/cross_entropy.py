@@ -181,4 +181,10 @@ def linear_cross_entropy(
             f"weight {tuple(weight.shape)}, target {tuple(target.shape)}"
         )
     rows = chunk_rows or default_chunk_rows(x.shape[0], x.shape[1], weight.shape[0])
-    return _LinearCrossEntropy.apply(x, weight, target, ignore_index, rows, pick_triton(backend, x, weight))
+    triton_path = pick_triton(backend, x, weight)
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        # Evaluation: the log-sum-exp only; inside the Function, a weight that requires grad would
+        # make the forward accumulate gradients nobody reads.
+        _, per_token, _, _ = _chunk_pass(x, weight, target, ignore_index, rows, triton_path)
+        return per_token.sum() / (target != ignore_index).sum(), per_token
+    return _LinearCrossEntropy.apply(x, weight, target, ignore_index, rows, triton_path)

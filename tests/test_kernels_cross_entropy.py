@@ -86,3 +86,19 @@ def test_peak_memory_never_holds_the_logits():
 @needs_cuda
 def test_gpu_large_vocabulary():
     _check(*_inputs(4096, 512, 32000), backend="triton", chunk_rows=None)
+
+
+def test_evaluation_under_no_grad_matches_and_computes_no_gradients(monkeypatch):
+    # the weight requires grad (a model's head) but grad mode is off: only the losses are computed
+    import kernels.cross_entropy as ce
+
+    x, w, target = _inputs(64, 16, 300)
+    calls = []
+    real = ce._chunk_pass
+    monkeypatch.setattr(ce, "_chunk_pass", lambda *a, **k: calls.append(k.get("row_grad")) or real(*a, **k))
+    with torch.no_grad():
+        mean, per_token = linear_cross_entropy(x, w, target, chunk_rows=16, backend="torch")
+        want_mean, want_tok = linear_cross_entropy_reference(x, w, target)
+    torch.testing.assert_close(mean, want_mean, atol=1e-5, rtol=5e-4)
+    torch.testing.assert_close(per_token, want_tok, atol=1e-5, rtol=5e-4)
+    assert calls == [None]
