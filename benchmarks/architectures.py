@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("CURATE_KERNELS_COMPILE", "0")  # measure the models, not compile warm-up
     arches = ["transformer"] + [a for a in args.arch if a != "transformer"]
-    print(f"training tokens/s, size {args.size}, vocab {args.vocab}, batch {args.batch}, {args.device}, "
-          f"median of {args.steps} steps")
+    print(
+        f"training tokens/s, size {args.size}, vocab {args.vocab}, batch {args.batch}, {args.device}, "
+        f"median of {args.steps} steps"
+    )
     print(f"{'architecture':<20} {'parameters':>12} {'tokens/s':>10} {'vs transformer':>15}")
     base = None
     for arch in arches:

@@ -71,7 +71,10 @@ def main() -> None:
 
         test = card["guard"]["test"]
         print(f"\nweb sample: {len(texts)} pages, {english.sum()} English (langid), {held_out.sum()} outside train")
-        print("| | Davidson test macro-F1 | Jigsaw macro-F1 | English pages flagged | held out | other languages flagged |")
+        print(
+            "| | Davidson test macro-F1 | Jigsaw macro-F1 | English pages flagged | held out "
+            "| other languages flagged |"
+        )
         print("|---|---|---|---|---|---|")
         for name, dav, jig, flags in (
             ("before", card[kind]["test"], jigsaw[kind], before),

@@ -54,10 +54,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6,1e7,1e8", help="shard sizes in tokens, comma-separated")
     parser.add_argument("--queries", type=int, default=1000, help="queries per type for latency")
-    parser.add_argument("--parallel-shards", type=int, default=2, help="also build the largest size as this many shards, sorted at once (0: skip)")
+    parser.add_argument(
+        "--parallel-shards",
+        type=int,
+        default=2,
+        help="also build the largest size as this many shards, sorted at once (0: skip)",
+    )
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
     parser.add_argument("--repeat", type=int, default=3, help="builds per side and size; the median is reported")
-    parser.add_argument("--corpus", choices=["chunks", "python-source"], default="chunks", help="what the shards hold (see above)")
+    parser.add_argument(
+        "--corpus", choices=["chunks", "python-source"], default="chunks", help="what the shards hold (see above)"
+    )
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="curate-bench-"))
@@ -65,7 +72,11 @@ def main() -> None:
 
     tokenizer_path, pool = tokenized_pool(work)
     print(f"corpus: {args.corpus}; pool of shipped text: {pool.size:,} tokens; machine: {os.cpu_count()} cores\n")
-    print(f"{'tokens':>12} {'libsais s':>10} {'pydivsufsort s':>15} {'infini-gram s':>14} {'speedup':>8} {'speedup pydss':>14} {'curate tok/s':>13} {'RSS MB':>7} {'pydss RSS MB':>13} {'ig RSS MB':>10} {'bytes/token':>12} {'tables identical':>17} {'sorters agree':>14} {'curate sorted':>14}")
+    print(
+        f"{'tokens':>12} {'libsais s':>10} {'pydivsufsort s':>15} {'infini-gram s':>14} {'speedup':>8} "
+        f"{'speedup pydss':>14} {'curate tok/s':>13} {'RSS MB':>7} {'pydss RSS MB':>13} {'ig RSS MB':>10} "
+        f"{'bytes/token':>12} {'tables identical':>17} {'sorters agree':>14} {'curate sorted':>14}"
+    )
     rows = [(n, 1) for n in sizes] + ([(max(sizes), args.parallel_shards)] if args.parallel_shards > 1 else [])
     for n, shards in rows:
         ours_dir, pydss_dir, ref_dir = (work / f"{side}-{n}-{shards}" for side in ("ours", "pydss", "ref"))
@@ -76,22 +87,49 @@ def main() -> None:
         for copy in (pydss_dir, ref_dir):
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(ours_dir, copy, ignore=shutil.ignore_patterns("table.*"))
-        rust_indexing = [sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(ref_dir), "--save_dir", str(ref_dir), "--token_dtype", "u16", "--cpus", str(os.cpu_count()), "--mem", "16", "--shards", str(shards), "--ulimit", "4096"]
+        rust_indexing = [
+            sys.executable,
+            "-m",
+            "infini_gram.indexing",
+            "--data_dir",
+            str(ref_dir),
+            "--save_dir",
+            str(ref_dir),
+            "--token_dtype",
+            "u16",
+            "--cpus",
+            str(os.cpu_count()),
+            "--mem",
+            "16",
+            "--shards",
+            str(shards),
+            "--ulimit",
+            "4096",
+        ]
         times = timed_interleaved(
             {
                 "ours": (sort_command(ours_dir, shards, "libsais"), lambda: None),
                 "pydss": (sort_command(pydss_dir, shards, "pydivsufsort"), lambda: None),
-                "ref": (rust_indexing, lambda: [p.unlink() for p in ref_dir.glob("table.*")]),
+                "ref": (rust_indexing, lambda ref_dir=ref_dir: [p.unlink() for p in ref_dir.glob("table.*")]),
             },
             args.repeat,
         )
         ours, pydss, ref = times["ours"], times["pydss"], times["ref"]
         files = sum(f.stat().st_size for f in ours_dir.glob("*.[0-9]*"))
-        identical = all((ours_dir / f"table.{s}").read_bytes() == (ref_dir / f"table.{s}").read_bytes() for s in range(shards))
-        agree = all((ours_dir / f"table.{s}").read_bytes() == (pydss_dir / f"table.{s}").read_bytes() for s in range(shards))
+        identical = all(
+            (ours_dir / f"table.{s}").read_bytes() == (ref_dir / f"table.{s}").read_bytes() for s in range(shards)
+        )
+        agree = all(
+            (ours_dir / f"table.{s}").read_bytes() == (pydss_dir / f"table.{s}").read_bytes() for s in range(shards)
+        )
         ordered = all(sorted_neighbours(ours_dir, s) for s in range(shards))
         label = f"{n:,}" if shards == 1 else f"{shards}x{n // shards:,}"
-        print(f"{label:>12} {ours['seconds']:>10.2f} {pydss['seconds']:>15.2f} {ref['seconds']:>14.2f} {ref['seconds'] / ours['seconds']:>8.2f} {ref['seconds'] / pydss['seconds']:>14.2f} {n / ours['seconds']:>13,.0f} {ours['rss_mb']:>7.0f} {pydss['rss_mb']:>13.0f} {ref['rss_mb']:>10.0f} {files / n:>12.2f} {str(identical):>17} {str(agree):>14} {str(ordered):>14}")
+        print(
+            f"{label:>12} {ours['seconds']:>10.2f} {pydss['seconds']:>15.2f} {ref['seconds']:>14.2f} "
+            f"{ref['seconds'] / ours['seconds']:>8.2f} {ref['seconds'] / pydss['seconds']:>14.2f} "
+            f"{n / ours['seconds']:>13,.0f} {ours['rss_mb']:>7.0f} {pydss['rss_mb']:>13.0f} {ref['rss_mb']:>10.0f} "
+            f"{files / n:>12.2f} {str(identical):>17} {str(agree):>14} {str(ordered):>14}"
+        )
         shutil.rmtree(ref_dir)
         shutil.rmtree(pydss_dir)
         if (n, shards) != (max(sizes), 1):
@@ -150,7 +188,16 @@ def write_shards(n: int, out_dir: Path, tokenizer_path: Path, shards: int, docum
         for kind in ("metadata", "metaoff"):  # the benchmark compares token files only
             (out_dir / f"{kind}.{s}").unlink()
     tokenizer = load_tokenizer(tokenizer_path)
-    card = {"format": "infini-gram v4", "token_width": 2, "vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_token_id, "shards": shards, "tokens": tokens, "documents": docs, "tokenizer": None}
+    card = {
+        "format": "infini-gram v4",
+        "token_width": 2,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_token_id": tokenizer.eos_token_id,
+        "shards": shards,
+        "tokens": tokens,
+        "documents": docs,
+        "tokenizer": None,
+    }
     (out_dir / CARD_NAME).write_text(json.dumps(card))
 
 
@@ -181,7 +228,10 @@ def sort_command(index_dir: Path, shards: int, sorter: str) -> list[str]:
     """A fresh process that writes every table.{s} of `index_dir`, the shards sorted at once."""
     sort = f"lambda s: build_suffix_array({str(index_dir)!r}, s, 2, {sorter!r})"
     code = "from indexes.suffix_array import build_suffix_array; " + (
-        f"({sort})(0)" if shards == 1 else f"from concurrent.futures import ThreadPoolExecutor; list(ThreadPoolExecutor({shards}).map({sort}, range({shards})))"
+        f"({sort})(0)"
+        if shards == 1
+        else "from concurrent.futures import ThreadPoolExecutor; "
+        f"list(ThreadPoolExecutor({shards}).map({sort}, range({shards})))"
     )
     return [sys.executable, "-c", code]
 
@@ -200,14 +250,25 @@ def timed_interleaved(commands: dict[str, tuple[list[str], Callable[[], object]]
             if result.returncode != 0:
                 raise RuntimeError(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
             runs[name].append({"seconds": seconds, "rss_mb": int(result.stderr.strip().splitlines()[-1]) / 1024})
-    return {name: {"seconds": statistics.median(r["seconds"] for r in rs), "rss_mb": max(r["rss_mb"] for r in rs)} for name, rs in runs.items()}
+    return {
+        name: {"seconds": statistics.median(r["seconds"] for r in rs), "rss_mb": max(r["rss_mb"] for r in rs)}
+        for name, rs in runs.items()
+    }
 
 
 def query_benchmark(index_dir: Path, queries: int) -> None:
     from infini_gram.engine import InfiniGramEngine
 
     ours = Engine(index_dir)
-    ref = InfiniGramEngine(index_dir=str(index_dir), eos_token_id=ours.eos_token_id, vocab_size=65535, token_dtype="u16", ds_prefetch_depth=0, sa_prefetch_depth=0, od_prefetch_depth=0)
+    ref = InfiniGramEngine(
+        index_dir=str(index_dir),
+        eos_token_id=ours.eos_token_id,
+        vocab_size=65535,
+        token_dtype="u16",
+        ds_prefetch_depth=0,
+        sa_prefetch_depth=0,
+        od_prefetch_depth=0,
+    )
     tokens = ours.shards[0].tokens.view("<u2")
     rng = random.Random(0)
 
@@ -219,9 +280,15 @@ def query_benchmark(index_dir: Path, queries: int) -> None:
         "count n=1..10": ("count", [(ngram(rng.randint(1, 10)),) for _ in range(queries)]),
         "prob n=5": ("prob", [(q[:-1], q[-1]) for q in (ngram(5) for _ in range(queries))]),
         "ntd n=5": ("ntd", [(ngram(4),) for _ in range(queries)]),
-        "infgram_prob 100-token prompt": ("infgram_prob", [(q[:-1], q[-1]) for q in (ngram(101) for _ in range(queries))]),
+        "infgram_prob 100-token prompt": (
+            "infgram_prob",
+            [(q[:-1], q[-1]) for q in (ngram(101) for _ in range(queries))],
+        ),
     }
-    print(f"{'query':>32} {'curate p50':>11} {'p95':>8} {'infini-gram p50':>16} {'p95':>8} {'p50 ratio':>10} {'p95 ratio':>10}")
+    print(
+        f"{'query':>32} {'curate p50':>11} {'p95':>8} {'infini-gram p50':>16} {'p95':>8} "
+        f"{'p50 ratio':>10} {'p95 ratio':>10}"
+    )
     for name, (method, calls) in workloads.items():
         for engine in (ours, ref):  # warm-up: JIT, page cache
             for call in calls[:50]:
@@ -242,7 +309,10 @@ def query_benchmark(index_dir: Path, queries: int) -> None:
     ref_counts = [ref.count(q) for q in batch]
     ref_s = time.perf_counter() - t0
     assert ours_counts == ref_counts
-    print(f"\nbatched count, {len(batch):,} queries: curate count_batch {len(batch) / ours_s:,.0f} q/s, infini-gram loop {len(batch) / ref_s:,.0f} q/s, ratio {ref_s / ours_s:.2f}x")
+    print(
+        f"\nbatched count, {len(batch):,} queries: curate count_batch {len(batch) / ours_s:,.0f} q/s, "
+        f"infini-gram loop {len(batch) / ref_s:,.0f} q/s, ratio {ref_s / ours_s:.2f}x"
+    )
 
 
 def latencies(method, calls) -> np.ndarray:

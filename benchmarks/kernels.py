@@ -36,6 +36,7 @@ from kernels.rotary import apply_rotary, apply_rotary_reference, rotary_tables
 
 def fwd_bwd_seconds(fn: Callable[[], torch.Tensor | tuple], inputs: list[torch.Tensor], repeats: int) -> float:
     """Median seconds of fn() plus the backward of the sum of its first output, after one warm-up."""
+
     def once() -> None:
         out = fn()
         out = out[0] if isinstance(out, tuple) else out
@@ -76,33 +77,46 @@ def cases(device: str) -> dict[str, tuple[list[torch.Tensor], dict[str, Callable
     fv = rand(2, 8, 1024, 64)
     u, filt = rand(4, 768, 1024), rand(768, 1024, scale=0.03)
     table = {
-        "rms_norm + residual (8x512x768)": ([x, res, w], {
-            "eager": lambda: rms_norm_reference(x, w, 1e-6, res),
-            "compiled": lambda: compiled(rms_norm_reference)(x, w, 1e-6, res),
-            "triton": lambda: rms_norm(x, w, 1e-6, res, backend="triton"),
-        }),
-        "rotary (8x12x512x64)": ([q], {
-            "eager": lambda: apply_rotary_reference(q, cos, sin),
-            "compiled": lambda: compiled(apply_rotary_reference)(q, cos, sin),
-            "triton": lambda: apply_rotary(q, cos, sin, backend="triton"),
-        }),
-        "linear attention, Taylor f=16 (2x8x1024, K=273, V=64)": ([fq, fk, fv], {
-            "eager": lambda: chunked_reference(fq, fk, fv, None),
-            "compiled": lambda: compiled(chunked_reference)(fq, fk, fv, None),
-            "triton": lambda: linear_attention(fq, fk, fv, backend="triton"),
-        }),
-        "fft conv (4x768x1024, filter 1024)": ([u, filt], {
-            "eager": lambda: fft_conv_torch(u, filt),
-            "compiled": lambda: compiled(fft_conv_torch)(u, filt),
-            "triton": lambda: fft_conv(u, filt, backend="triton"),
-        }),
+        "rms_norm + residual (8x512x768)": (
+            [x, res, w],
+            {
+                "eager": lambda: rms_norm_reference(x, w, 1e-6, res),
+                "compiled": lambda: compiled(rms_norm_reference)(x, w, 1e-6, res),
+                "triton": lambda: rms_norm(x, w, 1e-6, res, backend="triton"),
+            },
+        ),
+        "rotary (8x12x512x64)": (
+            [q],
+            {
+                "eager": lambda: apply_rotary_reference(q, cos, sin),
+                "compiled": lambda: compiled(apply_rotary_reference)(q, cos, sin),
+                "triton": lambda: apply_rotary(q, cos, sin, backend="triton"),
+            },
+        ),
+        "linear attention, Taylor f=16 (2x8x1024, K=273, V=64)": (
+            [fq, fk, fv],
+            {
+                "eager": lambda: chunked_reference(fq, fk, fv, None),
+                "compiled": lambda: compiled(chunked_reference)(fq, fk, fv, None),
+                "triton": lambda: linear_attention(fq, fk, fv, backend="triton"),
+            },
+        ),
+        "fft conv (4x768x1024, filter 1024)": (
+            [u, filt],
+            {
+                "eager": lambda: fft_conv_torch(u, filt),
+                "compiled": lambda: compiled(fft_conv_torch)(u, filt),
+                "triton": lambda: fft_conv(u, filt, backend="triton"),
+            },
+        ),
     }
     if device == "cuda":
         try:
             from fla.ops.linear_attn import chunk_linear_attn
 
-            table["linear attention, Taylor f=16 (2x8x1024, K=273, V=64)"][1]["fla chunk_linear_attn"] = (
-                lambda: chunk_linear_attn(*(t.transpose(1, 2) for t in (fq, fk, fv)), scale=1.0, normalize=True))
+            table["linear attention, Taylor f=16 (2x8x1024, K=273, V=64)"][1]["fla chunk_linear_attn"] = lambda: (
+                chunk_linear_attn(*(t.transpose(1, 2) for t in (fq, fk, fv)), scale=1.0, normalize=True)
+            )
         except ImportError:
             pass
         try:
@@ -149,10 +163,16 @@ def cross_entropy_memory(device: str, n: int, d: int, V: int, repeats: int) -> l
         x.grad = w.grad = None
         seconds = fwd_bwd_seconds(fn, [x, w], repeats)
         base = base or (peak, seconds)
-        rows.append(f"| {name} | {peak / 2**20:,.0f} MiB | {peak / base[0]:.3f} | {seconds * 1e3:,.1f} ms | "
-                    f"{base[1] / seconds:.2f} |")
-    return [f"fused linear cross-entropy, N={n}, d={d}, V={V}, forward + backward:",
-            "| implementation | peak memory | ratio to plain | time | speed-up |", "|---|---|---|---|---|", *rows]
+        rows.append(
+            f"| {name} | {peak / 2**20:,.0f} MiB | {peak / base[0]:.3f} | {seconds * 1e3:,.1f} ms | "
+            f"{base[1] / seconds:.2f} |"
+        )
+    return [
+        f"fused linear cross-entropy, N={n}, d={d}, V={V}, forward + backward:",
+        "| implementation | peak memory | ratio to plain | time | speed-up |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def main() -> None:

@@ -24,16 +24,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
 
 from curate.llm import dataman
 from curate.llm.chunking import head_and_tail
+from curate.llm.config import RateConfig
 from curate.llm.distill import DistilledActor, DistilledRater, distill
 from curate.llm.prompts import DATAMAN_SYSTEM, dataman_prompt
-from curate.llm.config import RateConfig
 from curate.llm.stages import RateStage
 from curate.ray_runtime import init_ray
 from curate.stages import Resources
@@ -47,7 +46,8 @@ def documents(n: int | None, chars: int | None) -> pa.Table:
         docs = [json.loads(line) for line in f][:n]
     texts = [d["text"][:chars] if chars else d["text"] for d in docs]
     return pa.table({
-        "id": [d["id"] for d in docs], "text": pa.array(texts, pa.large_string()), "source": ["openwebtext"] * len(docs),
+        "id": [d["id"] for d in docs], "text": pa.array(texts, pa.large_string()),
+        "source": ["openwebtext"] * len(docs),
         "error": pa.nulls(len(docs), pa.string()), "input_row": list(range(len(docs))), "_shard": [0] * len(docs),
     })  # fmt: skip
 
@@ -59,8 +59,14 @@ def direct(stage: RateStage, texts: list[str]) -> tuple[float, list[str], int]:
     t0 = time.perf_counter()
     for text in texts:
         prompt = dataman_prompt(head_and_tail(text, tok, stage.config.keep_tokens)[0])
-        body = {"model": stage.model, "messages": [{"role": "system", "content": DATAMAN_SYSTEM}, {"role": "user", "content": prompt}], **stage.sampling(0)}
-        req = urllib.request.Request(f"{stage.url}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        body = {
+            "model": stage.model,
+            "messages": [{"role": "system", "content": DATAMAN_SYSTEM}, {"role": "user", "content": prompt}],
+            **stage.sampling(0),
+        }
+        req = urllib.request.Request(
+            f"{stage.url}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=600) as r:
             reply = json.load(r)
         answers.append(reply["choices"][0]["message"]["content"])
@@ -95,10 +101,19 @@ def main() -> None:
             t, rows = through_stage(stage, table)
             stages.append(t)
     same = [dataman.parse_answer(a).scores["overall"] for a in answers] == rows["dataman_overall"].to_list()
-    print(f"rate, {args.docs} documents of <= {args.chars} chars, Gemma 3 270M on llama.cpp ({tokens} generated tokens per run)")
+    print(
+        f"rate, {args.docs} documents of <= {args.chars} chars, Gemma 3 270M on llama.cpp "
+        f"({tokens} generated tokens per run)"
+    )
     for i, (d, s) in enumerate(zip(directs, stages)):
-        print(f"  round {i + 1}: direct {d:7.2f} s ({tokens / d:5.1f} tokens/s), stage {s:7.2f} s ({tokens / s:5.1f} tokens/s): {s / d:.3f}x")
-    print(f"  pipeline/direct time ratio: cold (first stage run) {stages[0] / directs[0]:.3f}, best of each {min(stages) / min(directs):.3f} (target <= 1.1)")
+        print(
+            f"  round {i + 1}: direct {d:7.2f} s ({tokens / d:5.1f} tokens/s), "
+            f"stage {s:7.2f} s ({tokens / s:5.1f} tokens/s): {s / d:.3f}x"
+        )
+    print(
+        f"  pipeline/direct time ratio: cold (first stage run) {stages[0] / directs[0]:.3f}, "
+        f"best of each {min(stages) / min(directs):.3f} (target <= 1.1)"
+    )
     print(f"  same ratings both ways: {same}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,9 +129,18 @@ def main() -> None:
     assert len(ratings["dataman_overall"]) == len(corpus) and out["dataman_overall"].null_count == 0
     llm_rate = args.docs / min(stages)
     print(f"distilled rater, {len(corpus)} full OpenWebText documents, one process:")
-    print(f"  ratings only            : {t_rater:6.2f} s = {len(corpus) / t_rater:6.0f} docs/s ({len(corpus) / t_rater / llm_rate:.0f}x the LLM rater's {llm_rate:.2f} docs/s)")
-    print(f"  + Gemma token counts     : {t_actor:6.2f} s = {len(corpus) / t_actor:6.0f} docs/s (the stage's dataman_tokens, for select budgets)")
-    print(f"  held-out agreement with the LLM ({card['held_out']} of {card['documents']} documents, too few to mean much):")
+    print(
+        f"  ratings only            : {t_rater:6.2f} s = {len(corpus) / t_rater:6.0f} docs/s "
+        f"({len(corpus) / t_rater / llm_rate:.0f}x the LLM rater's {llm_rate:.2f} docs/s)"
+    )
+    print(
+        f"  + Gemma token counts     : {t_actor:6.2f} s = {len(corpus) / t_actor:6.0f} docs/s "
+        "(the stage's dataman_tokens, for select budgets)"
+    )
+    print(
+        f"  held-out agreement with the LLM ({card['held_out']} of {card['documents']} documents, "
+        "too few to mean much):"
+    )
     print("  " + json.dumps({k: v for k, v in card["agreement_with_llm"].items() if k in ("domain", "overall")}))
     ray.shutdown()
 

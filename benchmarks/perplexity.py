@@ -31,12 +31,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_corpus(path: Path, copies: int) -> tuple[int, int]:
-    docs = [json.loads(line) for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz")) for line in gzip.open(f, "rt", encoding="utf-8")]
+    docs = [
+        json.loads(line)
+        for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
+        for line in gzip.open(f, "rt", encoding="utf-8")
+    ]
     n = size = 0
     with open(path, "w", encoding="utf-8") as out:
         for copy in range(copies):
             for doc in docs:
-                out.write(json.dumps({"id": f"{doc['id']}#{copy}", "text": doc["text"], "source": doc["source"]}, ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps(
+                        {"id": f"{doc['id']}#{copy}", "text": doc["text"], "source": doc["source"]}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
                 n += 1
                 size += len(doc["text"].encode("utf-8"))
     return n, size
@@ -95,17 +104,35 @@ def main() -> None:
         t_langid = time.perf_counter() - t0
 
         job = tmp / "job.yaml"
-        job.write_text(json.dumps({"name": "bench", "inputs": [{"path": str(corpus)}], "shard_docs": 2000, "batch_docs": 256, "max_doc_bytes": 10_000_000,
-                                   "stages": [{"perplexity": {"model": str(model_dir)}}]}))
+        job.write_text(
+            json.dumps(
+                {
+                    "name": "bench",
+                    "inputs": [{"path": str(corpus)}],
+                    "shard_docs": 2000,
+                    "batch_docs": 256,
+                    "max_doc_bytes": 10_000_000,
+                    "stages": [{"perplexity": {"model": str(model_dir)}}],
+                }
+            )
+        )
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(tmp / "out")], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(tmp / "out")],
+            capture_output=True,
+            text=True,
+        )
         t_run = time.perf_counter() - t0
         if proc.returncode != 0:
             sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
         manifest = json.loads((tmp / "out" / "manifest.json").read_text())
         assert manifest["input"] == n == len(baseline), "both sides must score every document"
 
-    rows = [("plain CCNet loop (1 process)", t_base), ("curate run (Ray, incl. start-up)", t_run), ("langid alone (1 process)", t_langid)]
+    rows = [
+        ("plain CCNet loop (1 process)", t_base),
+        ("curate run (Ray, incl. start-up)", t_run),
+        ("langid alone (1 process)", t_langid),
+    ]
     for name, t in rows:
         print(f"{name:34s} {t:7.1f} s  {n / t:8.0f} docs/s  {size / 1e6 / t:6.2f} MB/s")
     print(f"ratio (baseline time / curate time): {t_base / t_run:.2f}x")

@@ -99,10 +99,20 @@ def main(argv: list[str] | None = None) -> int:
 
     index = Path(args.data) if args.data else bench_index(ROOT / "out" / "bench_train")
     shards = TokenShards(index)
-    cfg = TrainConfig(size=args.size, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                      eval_every=args.steps, checkpoint_every=args.steps, log_every=args.steps, device="cpu")
-    print(f"{cfg.size} model, {cfg.batch_size} x {cfg.seq_len} tokens per step, {cfg.steps} steps, "
-          f"{torch.get_num_threads()} torch threads, index {index}")
+    cfg = TrainConfig(
+        size=args.size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        eval_every=args.steps,
+        checkpoint_every=args.steps,
+        log_every=args.steps,
+        device="cpu",
+    )
+    print(
+        f"{cfg.size} model, {cfg.batch_size} x {cfg.seq_len} tokens per step, {cfg.steps} steps, "
+        f"{torch.get_num_threads()} torch threads, index {index}"
+    )
 
     loader = loader_rate(shards, cfg, 200)
     print(f"loader: {loader:,.0f} tokens/s (peak RSS {peak_rss_mb():,.0f} MB)")
@@ -123,15 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     drift = max(abs(a - b) for a, b in zip(summary["losses"], plain_losses))
     assert drift < 1e-3, f"the loops diverge (max loss difference {drift})"
     print(f"losses agree: step 1 {plain_losses[0]:.6f} in both, max difference over {cfg.steps} steps {drift:.2e}")
-    print(f"ratio curate / plain (best of {args.repeat} each): {ours / plain:.2f}x; "
-          f"loader / training: {loader / ours:,.0f}x")
+    print(
+        f"ratio curate / plain (best of {args.repeat} each): {ours / plain:.2f}x; "
+        f"loader / training: {loader / ours:,.0f}x"
+    )
 
     if not args.no_compile:
         t0 = time.perf_counter()
         compiled_losses, compiled = plain_loop(shards, cfg, compile=True, warmup=5)
-        print(f"plain loop + torch.compile: {compiled:,.0f} tokens/s after 5 warm-up steps "
-              f"({time.perf_counter() - t0:.0f} s in all, compilation included); {compiled / plain:.2f}x eager "
-              f"(peak RSS {peak_rss_mb():,.0f} MB)")
+        print(
+            f"plain loop + torch.compile: {compiled:,.0f} tokens/s after 5 warm-up steps "
+            f"({time.perf_counter() - t0:.0f} s in all, compilation included); {compiled / plain:.2f}x eager "
+            f"(peak RSS {peak_rss_mb():,.0f} MB)"
+        )
         compiled_drift = max(abs(a - b) for a, b in zip(compiled_losses, plain_losses))
         print(f"compiled vs eager losses: max difference {compiled_drift:.2e}")
     print("MFU: not measured (this benchmark runs on the CPU)")

@@ -9,8 +9,8 @@ import sys
 
 from curate.llm import cli as llm_cli
 from indexes import cli as index_cli
-from models import cli as models_cli
 from indexes.suffix_array import SortError
+from models import cli as models_cli
 
 # Errors a user can fix, printed as one line. InputError, SpecError and the index's errors are
 # ValueErrors; KenLM's ModelError is looked up only once its module is loaded (it must be, to
@@ -55,8 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
     train.add_argument("--out", required=True, help="model directory, outside the source tree (e.g. out/kenlm/wiki)")
     train.add_argument("--order", type=int, default=5)
-    train.add_argument("--vocab", type=int, default=65536, help="SentencePiece vocabulary (an upper bound on small corpora)")
-    train.add_argument("--where", nargs="*", default=[], metavar="FIELD=JSON", help="keep documents whose field equals the value, e.g. harmful=true")
+    train.add_argument(
+        "--vocab", type=int, default=65536, help="SentencePiece vocabulary (an upper bound on small corpora)"
+    )
+    train.add_argument(
+        "--where",
+        nargs="*",
+        default=[],
+        metavar="FIELD=JSON",
+        help="keep documents whose field equals the value, e.g. harmful=true",
+    )
     train.add_argument("--split", choices=["train", "val", "test"], help="keep one part of the fixed id split")
     train.set_defaults(func=_lm_train)
 
@@ -68,11 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     cal = lm.add_parser("calibrate", help="pick the harmful-content threshold")
     cal.add_argument("model")
     group = cal.add_mutually_exclusive_group(required=True)
-    group.add_argument("--labeled", nargs="+", help="labelled files: threshold on the val split, figures on the test split")
-    group.add_argument("--unlabeled", nargs="+", help="no labels: threshold at the valley of the log-perplexity histogram")
+    group.add_argument(
+        "--labeled", nargs="+", help="labelled files: threshold on the val split, figures on the test split"
+    )
+    group.add_argument(
+        "--unlabeled", nargs="+", help="no labels: threshold at the valley of the log-perplexity histogram"
+    )
     cal.add_argument("--label-field", default="harmful")
     cal.add_argument("--reference", help="benign reference model for the contrastive score")
-    cal.add_argument("--guard", help="benign model of the filtered genre (web pages): abstain on text it explains better")
+    cal.add_argument(
+        "--guard", help="benign model of the filtered genre (web pages): abstain on text it explains better"
+    )
     cal.add_argument("--web", nargs="+", help="unlabelled files of the filtered genre: report their flag rate")
     cal.add_argument("--candidates", type=int, default=200, help="thresholds swept (at least 100)")
     cal.set_defaults(func=_lm_calibrate)
@@ -122,7 +136,16 @@ def _lm_score(args) -> int:
     model = LanguageModel(args.model)
     for doc in read_texts(args.files):
         log10_sum, tokens = model.score(doc["text"])
-        print(json.dumps({"id": doc["id"], "ppl": round(10 ** (-log10_sum / tokens), 2), "log10_sum": round(log10_sum, 4), "tokens": tokens}))
+        print(
+            json.dumps(
+                {
+                    "id": doc["id"],
+                    "ppl": round(10 ** (-log10_sum / tokens), 2),
+                    "log10_sum": round(log10_sum, 4),
+                    "tokens": tokens,
+                }
+            )
+        )
     return 0
 
 

@@ -162,7 +162,9 @@ def _validate(
         if not isinstance(raw, dict):
             return _quarantine(where, fallback_source, f"record is a JSON {type(raw).__name__}, not an object", record)
     assert raw is not None
-    source = source_override or (raw.get("source") if isinstance(raw.get("source"), str) and raw.get("source") else fallback_source)
+    source = source_override or (
+        raw.get("source") if isinstance(raw.get("source"), str) and raw.get("source") else fallback_source
+    )
     doc_id = raw.get("id")
     doc_id = f"{path.name}:{position}" if doc_id is None or doc_id == "" else str(doc_id)
     text = raw.get("text")

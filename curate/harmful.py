@@ -14,7 +14,9 @@ from curate.lm import LanguageModel, perplexity
 from curate.splits import split_of
 
 
-def load_labeled(paths: list[str], label_field: str, exclude_split: str | None = "train") -> tuple[list[str], np.ndarray, list[str]]:
+def load_labeled(
+    paths: list[str], label_field: str, exclude_split: str | None = "train"
+) -> tuple[list[str], np.ndarray, list[str]]:
     """Texts, boolean labels and split names of labelled documents; documents of `exclude_split`
     (the part models are trained on) and documents without a boolean label are left out."""
     texts, labels, splits = [], [], []
@@ -27,7 +29,9 @@ def load_labeled(paths: list[str], label_field: str, exclude_split: str | None =
         labels.append(label)
         splits.append(split)
     if not texts:
-        raise ValueError(f"no documents with a true/false `{label_field}` field outside the {exclude_split} split in {paths}")
+        raise ValueError(
+            f"no documents with a true/false `{label_field}` field outside the {exclude_split} split in {paths}"
+        )
     return texts, np.asarray(labels), splits
 
 
@@ -131,11 +135,18 @@ def calibrate_valley(model_dir: str | Path, unlabeled: list[str], log=print) -> 
     lm = LanguageModel(model_dir)
     sums, tokens = lm.score_many(doc["text"] for doc in read_texts(unlabeled))
     t = calibrate.valley(sums / tokens)
-    entry = {"threshold": float(10.0 ** (-t)), "from": "valley of the log-perplexity histogram", "unlabeled": [str(p) for p in unlabeled]}
+    entry = {
+        "threshold": float(10.0 ** (-t)),
+        "from": "valley of the log-perplexity histogram",
+        "unlabeled": [str(p) for p in unlabeled],
+    }
     lm.card.setdefault("thresholds", {})["harmful"] = {"default": "perplexity", "perplexity": entry}
     lm.save_card()
     flagged = int(np.sum(sums / tokens > t))
-    log(f"threshold at the histogram valley: perplexity {entry['threshold']:.4g}; {flagged} of {len(sums)} documents fall below it")
+    log(
+        f"threshold at the histogram valley: perplexity {entry['threshold']:.4g}; "
+        f"{flagged} of {len(sums)} documents fall below it"
+    )
     return lm.card["thresholds"]["harmful"]
 
 
@@ -156,16 +167,25 @@ def evaluate(model_dir: str | Path, labeled: list[str], label_field: str = "harm
         if levels and kind == card["default"]:
             out[f"{kind} + guard"] = calibrate.as_dict(calibrate.metrics(flag_score(scores, kind, levels), labels, t))
     for kind, m in out.items():
-        log(f"{kind:20s} on {', '.join(map(str, labeled))}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} macro-F1 {m['macro_f1']:.3f} (n={m['n']}, harmful={m['positives']})")
+        log(
+            f"{kind:20s} on {', '.join(map(str, labeled))}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
+            f"F1 {m['f1']:.3f} macro-F1 {m['macro_f1']:.3f} (n={m['n']}, harmful={m['positives']})"
+        )
     return out
 
 
 def format_table(results: dict, default: str) -> str:
-    lines = [f"{'score':20s} {'threshold':>10s} {'val macro-F1':>12s} {'test P':>7s} {'test R':>7s} {'test F1':>7s} {'test macro-F1':>13s}"]
+    lines = [
+        f"{'score':20s} {'threshold':>10s} {'val macro-F1':>12s} "
+        f"{'test P':>7s} {'test R':>7s} {'test F1':>7s} {'test macro-F1':>13s}"
+    ]
     for kind, r in results.items():
         t = r["test"]
         mark = "  <- default" if kind == default else ""
-        lines.append(f"{kind:20s} {r['threshold']:10.4g} {r['validation']['macro_f1']:12.3f} {t['precision']:7.3f} {t['recall']:7.3f} {t['f1']:7.3f} {t['macro_f1']:13.3f}{mark}")
+        lines.append(
+            f"{kind:20s} {r['threshold']:10.4g} {r['validation']['macro_f1']:12.3f} "
+            f"{t['precision']:7.3f} {t['recall']:7.3f} {t['f1']:7.3f} {t['macro_f1']:13.3f}{mark}"
+        )
     return "\n".join(lines)
 
 

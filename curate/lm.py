@@ -141,7 +141,10 @@ def train(sources: list[dict], out: str | Path, order: int = 5, vocab: int = 655
         stats = _write_training_text(sources, text_file)
         if stats["lines"] == 0:
             raise ModelError(f"no training text: no document of {sources} matches")
-        log(f"training SentencePiece (unigram, vocab <= {vocab}) on {stats['documents']} documents, {stats['lines']} lines")
+        log(
+            f"training SentencePiece (unigram, vocab <= {vocab}) on {stats['documents']} documents, "
+            f"{stats['lines']} lines"
+        )
         spm.SentencePieceTrainer.train(
             input=str(text_file),
             model_prefix=str(tmp / "sp"),
@@ -161,7 +164,11 @@ def train(sources: list[dict], out: str | Path, order: int = 5, vocab: int = 655
         log(f"lmplz -o {order}")
         arpa = tmp / "lm.arpa"
         with open(pieces_file, "rb") as stdin, open(arpa, "wb") as stdout:
-            _run([kenlm_tool("lmplz"), "-o", str(order), "-S", "20%", "-T", str(tmp), "--discount_fallback"], stdin, stdout)
+            _run(
+                [kenlm_tool("lmplz"), "-o", str(order), "-S", "20%", "-T", str(tmp), "--discount_fallback"],
+                stdin,
+                stdout,
+            )
         _run([kenlm_tool("build_binary"), str(arpa), str(tmp / KENLM_BINARY)])
         shutil.move(tmp / "sp.model", out / SP_MODEL)
         shutil.move(tmp / KENLM_BINARY, out / KENLM_BINARY)
@@ -172,7 +179,7 @@ def train(sources: list[dict], out: str | Path, order: int = 5, vocab: int = 655
             "normalization": "ccnet (cc_net text_normalizer.normalize defaults)",
             "scoring": "per line: 10 ** (-sum(log10 p) / sum(pieces + 1)), empty lines included",
             "training": {"config": config, **stats},
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "files": {"sentencepiece": SP_MODEL, "kenlm": KENLM_BINARY},
             "thresholds": {},
         }

@@ -59,7 +59,9 @@ class ShardWriter:
         self.s, self.token_width = s, token_width
         self.dtype = np.dtype("<u2" if token_width == 2 else "<u4")
         self.separator = b"\xff" * token_width
-        self.files = {kind: open(shard_path(index_dir, kind, s), "wb") for kind in ("tokenized", "offset", "metadata", "metaoff")}
+        self.files = {
+            kind: open(shard_path(index_dir, kind, s), "wb") for kind in ("tokenized", "offset", "metadata", "metaoff")
+        }
         self.token_bytes = 0
         self.meta_bytes = 0
         self.docs = 0
@@ -71,7 +73,9 @@ class ShardWriter:
     def add(self, ids: Iterable[int] | np.ndarray, metadata: dict | None = None) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= (1 << (8 * self.token_width)) - 1):
-            raise ValueError(f"token id out of range for {self.token_width}-byte ids (the all-0xFF id is the separator)")
+            raise ValueError(
+                f"token id out of range for {self.token_width}-byte ids (the all-0xFF id is the separator)"
+            )
         self.files["offset"].write(np.uint64(self.token_bytes).tobytes())
         self.files["metaoff"].write(np.uint64(self.meta_bytes).tobytes())
         line = (json.dumps(metadata or {}, ensure_ascii=False) + "\n").encode()
@@ -101,7 +105,17 @@ def build_index(
     parallel as Ray tasks with `sorter` (see indexes/suffix_array.py)."""
     tokenizer = load_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
-    return write_index(documents, out_dir, tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, shard_tokens, overwrite, log, sorter)
+    return write_index(
+        documents,
+        out_dir,
+        tokenizer.vocab_size,
+        tokenizer.eos_token_id,
+        tokenizer,
+        shard_tokens,
+        overwrite,
+        log,
+        sorter,
+    )
 
 
 def _encode(docs: Iterator[dict], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], dict]]:

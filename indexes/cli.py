@@ -16,18 +16,42 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the tokenizer and index commands on the top-level `curate` parser."""
     tok = sub.add_parser("tokenizer", help="byte-level BPE tokenizers").add_subparsers(required=True, metavar="ACTION")
     train = tok.add_parser("train", help="train a byte-level BPE tokenizer.json")
-    train.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.jsonl, .jsonl.gz, .parquet)")
+    train.add_argument(
+        "--input", nargs="+", required=True, help="files, folders or globs (.jsonl, .jsonl.gz, .parquet)"
+    )
     train.add_argument("--out", required=True, help="tokenizer.json to write")
     train.add_argument("--vocab", type=int, default=32000, help="vocabulary size (default 32000)")
     train.set_defaults(func=_tokenizer_train)
 
-    index = sub.add_parser("index", help="infini-gram suffix-array indexes").add_subparsers(required=True, metavar="ACTION")
+    index = sub.add_parser("index", help="infini-gram suffix-array indexes").add_subparsers(
+        required=True, metavar="ACTION"
+    )
     build = index.add_parser("build", help="tokenize documents and build the suffix-array index")
     build.add_argument("--input", nargs="+", required=True, help="Parquet shards (e.g. OUT/kept) or JSON Lines files")
-    build.add_argument("--tokenizer", required=True, help="a tokenizer.json, or a .gguf model whose vocabulary gives the ids (gemma-3-270m: the packaged Gemma 3 270M)")
+    build.add_argument(
+        "--tokenizer",
+        required=True,
+        help=(
+            "a tokenizer.json, or a .gguf model whose vocabulary gives the ids "
+            "(gemma-3-270m: the packaged Gemma 3 270M)"
+        ),
+    )
     build.add_argument("--out", required=True, help="index directory")
-    build.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
-    build.add_argument("--sorter", choices=SORTERS, default="auto", help="suffix sorter: libsais over the token alphabet, or pydivsufsort over the bytes (same table; default auto: libsais when `make setup` built it)")
+    build.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=DEFAULT_SHARD_TOKENS,
+        help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})",
+    )
+    build.add_argument(
+        "--sorter",
+        choices=SORTERS,
+        default="auto",
+        help=(
+            "suffix sorter: libsais over the token alphabet, or pydivsufsort over the bytes "
+            "(same table; default auto: libsais when `make setup` built it)"
+        ),
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.add_argument("--verbose", action="store_true", help="show Ray's records (else: logs/ray.log by the index)")
     build.set_defaults(func=_index_build)
@@ -35,7 +59,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     query = index.add_parser("query", help="ask the index one question; prints JSON")
     query.add_argument("index_dir")
     query.add_argument("query_type", choices=QUERY_TYPES)
-    query.add_argument("query", nargs="?", help="text (count/search_docs/find_cnf accept 'a OR b AND c'); prob: the last token is the continuation")
+    query.add_argument(
+        "query",
+        nargs="?",
+        help="text (count/search_docs/find_cnf accept 'a OR b AND c'); prob: the last token is the continuation",
+    )
     query.add_argument("--ids", action="store_true", help="QUERY is a JSON list of token ids instead of text")
     for name in ("max_support", "maxnum", "max_disp_len", "max_clause_freq", "max_diff_tokens", "s", "rank", "ptr"):
         query.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
@@ -47,7 +75,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=_index_serve)
 
-    cont = index.add_parser("contamination", help="per eval document: longest match and fraction of 13-grams in the index")
+    cont = index.add_parser(
+        "contamination", help="per eval document: longest match and fraction of 13-grams in the index"
+    )
     cont.add_argument("index_dir")
     cont.add_argument("eval_file", nargs="+", help="eval documents (.jsonl, .jsonl.gz or .parquet with a text field)")
     cont.add_argument("--ngram", type=int, default=DEFAULT_NGRAM)
@@ -55,18 +85,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     dedup = index.add_parser("dedup", help="exact-substring dedup: repeated spans to remove, per document")
     dedup.add_argument("index_dir")
-    dedup.add_argument("--min-tokens", type=int, default=DEFAULT_MIN_TOKENS, help=f"shortest repeated span removed (default {DEFAULT_MIN_TOKENS})")
+    dedup.add_argument(
+        "--min-tokens",
+        type=int,
+        default=DEFAULT_MIN_TOKENS,
+        help=f"shortest repeated span removed (default {DEFAULT_MIN_TOKENS})",
+    )
     dedup.add_argument("--out", help="write the per-document result as Parquet here (default: JSON lines on stdout)")
     dedup.set_defaults(func=_index_dedup)
 
     ppl = index.add_parser("perplexity", help="neural vs ∞-gram-interpolated perplexity (λ fitted on held-out text)")
     ppl.add_argument("index_dir", help="an index built with the model's tokenizer (--tokenizer MODEL.gguf)")
-    ppl.add_argument("--heldout", nargs="+", required=True, help="documents to fit the two λs on (.jsonl, .jsonl.gz, .parquet)")
+    ppl.add_argument(
+        "--heldout", nargs="+", required=True, help="documents to fit the two λs on (.jsonl, .jsonl.gz, .parquet)"
+    )
     ppl.add_argument("--eval", nargs="+", required=True, help="documents to report perplexities on")
     ppl.add_argument("--model", help="a .gguf model (default: the packaged Gemma 3 270M)")
     ppl.add_argument("--max-docs", type=int, help="use the first N documents of --heldout and of --eval")
     ppl.add_argument("--max-tokens", type=int, help="score each document's first N tokens")
-    ppl.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help=f"the model's window in tokens (default {DEFAULT_CONTEXT}; longer documents: windows overlapping by half)")
+    ppl.add_argument(
+        "--context",
+        type=int,
+        default=DEFAULT_CONTEXT,
+        help=f"the model's window in tokens (default {DEFAULT_CONTEXT}; longer documents: windows overlapping by half)",
+    )
     ppl.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
     ppl.add_argument("--json", action="store_true", help="print the report as JSON")
     ppl.set_defaults(func=_index_perplexity)
@@ -89,7 +131,15 @@ def _index_build(args) -> int:
     tokenizer = gemma_path() if args.tokenizer == GEMMA_NAME else args.tokenizer
     # beside the index, as a run keeps OUT/logs/ray.log beside OUT/index
     init_ray(verbose=args.verbose, log_file=ray_log_file(Path(args.out).resolve().parent))
-    build_index(args.input, tokenizer, args.out, args.shard_tokens, args.overwrite, log=lambda m: print(m, file=sys.stderr), sorter=args.sorter)
+    build_index(
+        args.input,
+        tokenizer,
+        args.out,
+        args.shard_tokens,
+        args.overwrite,
+        log=lambda m: print(m, file=sys.stderr),
+        sorter=args.sorter,
+    )
     return 0
 
 
@@ -142,7 +192,11 @@ def _index_contamination(args) -> int:
             fractions.append(row["ngram_found_fraction"])
     if fractions:
         f = np.array(fractions)
-        print(f"{len(f)} eval documents: mean {args.ngram}-gram overlap {f.mean():.3f}; {int((f >= 0.8).sum())} with >= 80% overlap", file=sys.stderr)
+        print(
+            f"{len(f)} eval documents: mean {args.ngram}-gram overlap {f.mean():.3f}; "
+            f"{int((f >= 0.8).sum())} with >= 80% overlap",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -158,7 +212,11 @@ def _index_dedup(args) -> int:
         for row in table.to_pylist():
             print(json.dumps(row))
     removed = sum(table.column("removed_tokens").to_pylist())
-    print(f"{removed:,} repeated tokens to remove in {sum(1 for r in table.column('removed_tokens').to_pylist() if r)} of {table.num_rows} documents", file=sys.stderr)
+    print(
+        f"{removed:,} repeated tokens to remove in "
+        f"{sum(1 for r in table.column('removed_tokens').to_pylist() if r)} of {table.num_rows} documents",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -181,7 +239,9 @@ def _index_perplexity(args) -> int:
     def scores(files: list[str], label: str) -> dict:
         texts = list(islice((d["text"] for d in read_texts(files)), args.max_docs))
         print(f"{label}: scoring {len(texts)} documents", file=sys.stderr)
-        return score_documents(engine, model, texts, args.max_tokens, log=lambda m: print(f"{label} {m}", file=sys.stderr))
+        return score_documents(
+            engine, model, texts, args.max_tokens, log=lambda m: print(f"{label} {m}", file=sys.stderr)
+        )
 
     heldout = scores(args.heldout, "held-out")
     lambdas = fit_lambdas(heldout, heldout["neural"])
@@ -202,12 +262,15 @@ def _index_perplexity(args) -> int:
 def _perplexity_text(r: dict) -> str:
     lines = [
         f"index {r['index']} ({r['index_tokens']:,} tokens), model {r['model']}, context {r['context']}",
-        f"λ fitted on {r['heldout']['tokens']:,} held-out tokens ({r['heldout']['documents']} documents): sparse {r['lambda_sparse']:.2f}, non-sparse {r['lambda_non_sparse']:.2f}",
+        f"λ fitted on {r['heldout']['tokens']:,} held-out tokens ({r['heldout']['documents']} documents): "
+        f"sparse {r['lambda_sparse']:.2f}, non-sparse {r['lambda_non_sparse']:.2f}",
     ]
     for name in ("heldout", "eval"):
         s = r[name]
         change = s["interpolated_perplexity"] / s["neural_perplexity"] - 1
-        sparse_correct = "" if s["sparse_correct_fraction"] is None else f", {s['sparse_correct_fraction']:.1%} of them right"
+        sparse_correct = (
+            "" if s["sparse_correct_fraction"] is None else f", {s['sparse_correct_fraction']:.1%} of them right"
+        )
         lines += [
             f"{'held-out' if name == 'heldout' else 'eval'}: {s['documents']} documents, {s['tokens']:,} tokens",
             f"  neural perplexity        {s['neural_perplexity']:10.3f}",

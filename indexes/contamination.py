@@ -17,7 +17,10 @@ def longest_matches(engine: Engine, token_ids: list[int]) -> np.ndarray:
     query = np.asarray(token_ids, dtype=f"<u{engine.token_width}").view(np.uint8)
     best = np.zeros(len(token_ids), np.int64)
     for shard in engine.shards:
-        best = np.maximum(best, search_loops.longest_matches(shard.tokens, shard.table, shard.pointer_width, engine.token_width, query))
+        best = np.maximum(
+            best,
+            search_loops.longest_matches(shard.tokens, shard.table, shard.pointer_width, engine.token_width, query),
+        )
     return best
 
 

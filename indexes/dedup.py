@@ -28,10 +28,14 @@ def repeated_spans(engine: Engine, min_tokens: int = DEFAULT_MIN_TOKENS) -> list
     w = engine.token_width
     results = []
     for s, shard in enumerate(engine.shards):
-        repeated, first = search_loops.repeated_kgram_starts(shard.tokens, shard.table, shard.pointer_width, w, min_tokens)
+        repeated, first = search_loops.repeated_kgram_starts(
+            shard.tokens, shard.table, shard.pointer_width, w, min_tokens
+        )
         candidates = np.flatnonzero(first)
         for earlier in engine.shards[:s]:  # a k-gram first seen here may still be in an earlier shard
-            seen = search_loops.kgrams_seen_in(shard.tokens, candidates, w, min_tokens, earlier.tokens, earlier.table, earlier.pointer_width)
+            seen = search_loops.kgrams_seen_in(
+                shard.tokens, candidates, w, min_tokens, earlier.tokens, earlier.table, earlier.pointer_width
+            )
             repeated[candidates[seen]] = True
             candidates = candidates[~seen]
         removed = _covered(repeated, min_tokens)
@@ -55,7 +59,14 @@ def dedup_table(index_dir: str | Path, min_tokens: int = DEFAULT_MIN_TOKENS) -> 
     rows = repeated_spans(Engine(index_dir), min_tokens)
     return pa.Table.from_pylist(
         rows,
-        schema=pa.schema([("doc_ix", pa.int64()), ("id", pa.string()), ("removed_tokens", pa.int64()), ("removed_spans", pa.list_(pa.list_(pa.int64(), 2)))]),
+        schema=pa.schema(
+            [
+                ("doc_ix", pa.int64()),
+                ("id", pa.string()),
+                ("removed_tokens", pa.int64()),
+                ("removed_spans", pa.list_(pa.list_(pa.int64(), 2))),
+            ]
+        ),
     )
 
 
@@ -74,7 +85,9 @@ def dedup_documents(documents: pa.Table, index_dir: str | Path, min_tokens: int 
             raise ValueError(f"document {doc_id!r} is not in the index {index_dir}")
         texts.append(remove_spans(text, engine.tokenizer, row["removed_spans"]))
         removed.append(row["removed_tokens"])
-    documents = documents.set_column(documents.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string()))
+    documents = documents.set_column(
+        documents.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string())
+    )
     return documents.append_column("dedup_removed_tokens", pa.array(removed, pa.int64()))
 
 

@@ -58,11 +58,17 @@ class Engine:
             return None
         path = self.index_dir / self.card["tokenizer"]
         if not path.is_file():
-            raise IndexFormatError(f"{self.index_dir} was tokenized with {path}, which is missing; restore that file (or rebuild the index)")
+            raise IndexFormatError(
+                f"{self.index_dir} was tokenized with {path}, which is missing; "
+                "restore that file (or rebuild the index)"
+            )
         tokenizer = load_tokenizer(path)
         recorded = self.card.get("tokenizer_fingerprint")
         if recorded and fingerprint(tokenizer) != recorded:
-            raise IndexFormatError(f"{path} now gives other token ids than when {self.index_dir} was built; restore that file (or rebuild the index)")
+            raise IndexFormatError(
+                f"{path} now gives other token ids than when {self.index_dir} was built; "
+                "restore that file (or rebuild the index)"
+            )
         return tokenizer
 
     def tokenize(self, text: str) -> list[int]:
@@ -123,15 +129,24 @@ class Engine:
         max_support = self._positive(self.max_support if max_support is None else max_support, "max_support")
         prompt = self._bytes(prompt_ids)
         suffix_len = self._longest_seen_suffix(prompt)
-        return {**self._ntd(prompt[prompt.size - suffix_len * self.token_width :], max_support), "suffix_len": suffix_len}
+        return {
+            **self._ntd(prompt[prompt.size - suffix_len * self.token_width :], max_support),
+            "suffix_len": suffix_len,
+        }
 
     # -- CNF (AND of ORs within a token window) -------------------------------------------------
 
-    def find_cnf(self, cnf: list[list[list[int]]], max_clause_freq: int | None = None, max_diff_tokens: int | None = None) -> dict:
+    def find_cnf(
+        self, cnf: list[list[list[int]]], max_clause_freq: int | None = None, max_diff_tokens: int | None = None
+    ) -> dict:
         """Start pointers of windows where every clause has a match within `max_diff_tokens`
         tokens, inside one document; clauses above `max_clause_freq` matches are subsampled."""
-        max_clause_freq = self._positive(self.max_clause_freq if max_clause_freq is None else max_clause_freq, "max_clause_freq")
-        max_diff_tokens = self._positive(self.max_diff_tokens if max_diff_tokens is None else max_diff_tokens, "max_diff_tokens")
+        max_clause_freq = self._positive(
+            self.max_clause_freq if max_clause_freq is None else max_clause_freq, "max_clause_freq"
+        )
+        max_diff_tokens = self._positive(
+            self.max_diff_tokens if max_diff_tokens is None else max_diff_tokens, "max_diff_tokens"
+        )
         clauses = [self._clause(clause, max_clause_freq) for clause in self._cnf(cnf)]
         if any(sum(c["cnt_by_shard"]) == 0 for c in clauses):
             return {"cnt": 0, "approx": False, "ptrs_by_shard": []}
@@ -143,7 +158,9 @@ class Engine:
             factor = ordered[0]["factor_by_shard"][s]
             window = max_diff_tokens * self.token_width
             for clause in ordered[1:]:
-                lo, hi = _join_within_window(lo, hi, self._clause_pointers(shard, clause["segments_by_shard"][s], sort=True), window)
+                lo, hi = _join_within_window(
+                    lo, hi, self._clause_pointers(shard, clause["segments_by_shard"][s], sort=True), window
+                )
                 factor *= clause["factor_by_shard"][s]
             keep = search_loops.ranges_without_separator(shard.tokens, self.token_width, lo, hi)
             lo = lo[keep]
@@ -152,7 +169,9 @@ class Engine:
             ptrs_by_shard.append(lo.tolist())
         return {"cnt": cnt, "approx": any(f != 1.0 for f in factors), "ptrs_by_shard": ptrs_by_shard}
 
-    def count_cnf(self, cnf: list[list[list[int]]], max_clause_freq: int | None = None, max_diff_tokens: int | None = None) -> dict:
+    def count_cnf(
+        self, cnf: list[list[list[int]]], max_clause_freq: int | None = None, max_diff_tokens: int | None = None
+    ) -> dict:
         result = self.find_cnf(cnf, max_clause_freq, max_diff_tokens)
         return {"count": result["cnt"], "approx": result["approx"]}
 
@@ -175,7 +194,14 @@ class Engine:
             docs.append(self.get_doc_by_rank(s, rank, max_disp_len))
         return {"cnt": found["cnt"], "approx": False, "idxs": idxs, "documents": docs}
 
-    def search_docs_cnf(self, cnf: list[list[list[int]]], maxnum: int | None = None, max_disp_len: int | None = None, max_clause_freq: int | None = None, max_diff_tokens: int | None = None) -> dict:
+    def search_docs_cnf(
+        self,
+        cnf: list[list[list[int]]],
+        maxnum: int | None = None,
+        max_disp_len: int | None = None,
+        max_clause_freq: int | None = None,
+        max_diff_tokens: int | None = None,
+    ) -> dict:
         maxnum = self._positive(self.maxnum if maxnum is None else maxnum, "maxnum")
         max_disp_len = self._positive(self.max_disp_len if max_disp_len is None else max_disp_len, "max_disp_len")
         found = self.find_cnf(cnf, max_clause_freq, max_diff_tokens)
@@ -192,7 +218,9 @@ class Engine:
         shard = self._shard(s)
         if not (_is_int(rank) and 0 <= rank < shard.token_count):
             raise QueryError(f"rank must be an integer in range [0, {shard.token_count})")
-        return self.get_doc_by_ptr(s, int(search_loops.pointer_at(shard.table, shard.pointer_width, rank)), max_disp_len)
+        return self.get_doc_by_ptr(
+            s, int(search_loops.pointer_at(shard.table, shard.pointer_width, rank)), max_disp_len
+        )
 
     def get_doc_by_ptr(self, s: int, ptr: int, max_disp_len: int | None = None) -> dict:
         """The document holding byte `ptr`, displayed as a window of `max_disp_len` tokens around it."""
@@ -218,7 +246,9 @@ class Engine:
             local -= self.shards[s].doc_count
             s += 1
         doc_start, doc_end = self._doc_bounds(self.shards[s], local)
-        return self._doc_result(s, local, doc_start, doc_end, doc_start, min(doc_end, doc_start + self.token_width * max_disp_len), 0)
+        return self._doc_result(
+            s, local, doc_start, doc_end, doc_start, min(doc_end, doc_start + self.token_width * max_disp_len), 0
+        )
 
     def get_total_doc_cnt(self) -> int:
         return sum(shard.doc_count for shard in self.shards)
@@ -286,7 +316,17 @@ class Engine:
         for shard, (start, end) in zip(self.shards, segments):
             if start == end:
                 continue
-            tokens, counts = search_loops.next_token_counts(shard.tokens, shard.table, shard.pointer_width, self.token_width, prompt.size, start, end, unit, self.eos_token_id)
+            tokens, counts = search_loops.next_token_counts(
+                shard.tokens,
+                shard.table,
+                shard.pointer_width,
+                self.token_width,
+                prompt.size,
+                start,
+                end,
+                unit,
+                self.eos_token_id,
+            )
             for token, count in zip(tokens.tolist(), counts.tolist()):
                 freq[token] = freq.get(token, 0) + count
         result = {t: {"cont_cnt": c, "prob": c / prompt_cnt} for t, c in sorted(freq.items())}
@@ -309,8 +349,15 @@ class Engine:
         return seen
 
     def _cnf(self, cnf) -> list[list[np.ndarray]]:
-        message = f"cnf must be a non-empty list of non-empty lists of non-empty lists of token ids in range [0, {self.token_id_max}]"
-        well_formed = isinstance(cnf, list) and cnf and all(isinstance(c, list) and c and all(isinstance(t, list) and t for t in c) for c in cnf)
+        message = (
+            "cnf must be a non-empty list of non-empty lists of non-empty lists of token ids "
+            f"in range [0, {self.token_id_max}]"
+        )
+        well_formed = (
+            isinstance(cnf, list)
+            and cnf
+            and all(isinstance(c, list) and c and all(isinstance(t, list) and t for t in c) for c in cnf)
+        )
         if not well_formed:
             raise QueryError(message)
         try:
@@ -339,7 +386,11 @@ class Engine:
             cnt_by_shard.append(cnt)
             segments_by_shard.append(segments)
             factor_by_shard.append(factor)
-        return {"cnt_by_shard": cnt_by_shard, "segments_by_shard": segments_by_shard, "factor_by_shard": factor_by_shard}
+        return {
+            "cnt_by_shard": cnt_by_shard,
+            "segments_by_shard": segments_by_shard,
+            "factor_by_shard": factor_by_shard,
+        }
 
     @staticmethod
     def _clause_pointers(shard: Shard, segments: list[tuple[int, int]], sort: bool) -> np.ndarray:
@@ -352,7 +403,9 @@ class Engine:
         end = int(shard.doc_offsets[local + 1]) if local + 1 < shard.doc_count else shard.tokens.size
         return start, end
 
-    def _doc_result(self, s: int, local: int, doc_start: int, doc_end: int, disp_start: int, disp_end: int, needle_offset: int) -> dict:
+    def _doc_result(
+        self, s: int, local: int, doc_start: int, doc_end: int, disp_start: int, disp_end: int, needle_offset: int
+    ) -> dict:
         shard = self.shards[s]
         return {
             "doc_ix": sum(sh.doc_count for sh in self.shards[:s]) + local,

@@ -45,5 +45,7 @@ def read_card(index_dir: Path) -> dict:
     if not Path(index_dir).is_dir():
         raise IndexFormatError(f"index directory {index_dir} does not exist")
     if not card_path.is_file():
-        raise IndexFormatError(f"{index_dir} is not a curate index: {CARD_NAME} is missing (build it with `curate index build`)")
+        raise IndexFormatError(
+            f"{index_dir} is not a curate index: {CARD_NAME} is missing (build it with `curate index build`)"
+        )
     return json.loads(card_path.read_text())

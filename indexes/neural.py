@@ -57,7 +57,9 @@ class NeuralModel:
             self.llama.eval([self.llama.token_bos(), *window])
             # row j of the scores follows BOS + window[:j], i.e. predicts window[j]
             first, last = scored - start, len(window)
-            probs[scored - 1 : start + last - 1] = target_probs(self.llama.scores[first:last], np.asarray(window[first:last]))
+            probs[scored - 1 : start + last - 1] = target_probs(
+                self.llama.scores[first:last], np.asarray(window[first:last])
+            )
             scored = start + last
             start += stride
         return probs

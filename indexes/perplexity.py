@@ -55,16 +55,26 @@ def interpolated_perplexity(infgram: dict, neural_probs: np.ndarray, lambdas: tu
 def check_same_tokenizer(engine: Engine, model: NeuralModel) -> None:
     """The index's ids must be the model's ids, or the two probabilities are of different tokens."""
     if engine.tokenizer is None:
-        raise ValueError(f"{engine.index_dir} was built without a tokenizer; build it with `curate index build --tokenizer {model.path}`")
+        raise ValueError(
+            f"{engine.index_dir} was built without a tokenizer; "
+            f"build it with `curate index build --tokenizer {model.path}`"
+        )
     if fingerprint(engine.tokenizer) != fingerprint(model.tokenizer):
         raise ValueError(
-            f"{engine.index_dir} was tokenized with {engine.tokenizer.source} (vocabulary {engine.tokenizer.vocab_size:,}), "
+            f"{engine.index_dir} was tokenized with {engine.tokenizer.source} "
+            f"(vocabulary {engine.tokenizer.vocab_size:,}), "
             f"which gives other ids than the model {model.path} (vocabulary {model.tokenizer.vocab_size:,}); "
             f"rebuild the index with `curate index build --tokenizer {model.path}`"
         )
 
 
-def score_documents(engine: Engine, model: NeuralModel, texts: Iterable[str], max_tokens: int | None = None, log: Callable[[str], None] = print) -> dict:
+def score_documents(
+    engine: Engine,
+    model: NeuralModel,
+    texts: Iterable[str],
+    max_tokens: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """∞-gram scores (`infgram_token_probs`) plus `neural` probabilities of tokens 1..n-1 of each
     document (its first `max_tokens` tokens), concatenated over documents."""
     parts = []
@@ -75,7 +85,10 @@ def score_documents(engine: Engine, model: NeuralModel, texts: Iterable[str], ma
         t0 = time.perf_counter()
         scores = infgram_token_probs(engine, ids) | {"neural": model.token_probs(ids)}
         parts.append(scores)
-        log(f"document {k}: {len(ids) - 1:,} tokens scored in {time.perf_counter() - t0:.1f} s (neural perplexity {_ppl(scores['neural']):.2f})")
+        log(
+            f"document {k}: {len(ids) - 1:,} tokens scored in {time.perf_counter() - t0:.1f} s "
+            f"(neural perplexity {_ppl(scores['neural']):.2f})"
+        )
     if not parts:
         raise ValueError("no document has two or more tokens to score")
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} | {"documents": len(parts)}
@@ -90,7 +103,9 @@ def summarize(scores: dict, lambdas: tuple[float, float]) -> dict:
         "neural_perplexity": _ppl(scores["neural"]),
         "interpolated_perplexity": interpolated_perplexity(scores, scores["neural"], lambdas),
         "sparse_fraction": float(sparse.mean()),
-        "sparse_correct_fraction": float((p[sparse] == 1.0).mean()) if sparse.any() else None,  # of the sparse estimates
+        "sparse_correct_fraction": float((p[sparse] == 1.0).mean())
+        if sparse.any()
+        else None,  # of the sparse estimates
         "infgram_nonzero_fraction": float((p > 0).mean()),
         "mean_suffix_len": float(scores["suffix_len"].mean()),
     }
@@ -108,5 +123,7 @@ def _is_sparse(engine: Engine, suffix: list[int]) -> bool:
     for shard, (start, end) in zip(engine.shards, engine.find(suffix)["segment_by_shard"]):
         for rank in {start, end - 1} if end > start else ():
             ptr = search_loops.pointer_at(shard.table, shard.pointer_width, rank)
-            tokens.add(int(search_loops.token_at(shard.tokens, engine.token_width, ptr + num_bytes, engine.eos_token_id)))
+            tokens.add(
+                int(search_loops.token_at(shard.tokens, engine.token_width, ptr + num_bytes, engine.eos_token_id))
+            )
     return len(tokens) == 1

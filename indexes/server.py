@@ -1,9 +1,10 @@
 """HTTP JSON API over an index, modelled on infini-gram's: POST {"query_type": ..., "query": ...}.
 
 `query` is text (tokenized here; for count, find_cnf and search_docs "a AND b OR c" is a CNF with
-OR binding tighter than AND, each term matched as a word in running text, i.e. after a space) or `query_ids` is a list of token ids (or, for CNF, a list of
-clauses of lists of ids). For prob and infgram_prob the last token is the continuation. Every
-input is bounded (LIMITS); a bad request gets 4xx and {"error": message}.
+OR binding tighter than AND, each term matched as a word in running text, i.e. after a space) or
+`query_ids` is a list of token ids (or, for CNF, a list of clauses of lists of ids). For prob and
+infgram_prob the last token is the continuation. Every input is bounded (LIMITS); a bad request
+gets 4xx and {"error": message}.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def answer(engine: Engine, request: dict) -> dict:
     query_type = request.get("query_type")
     if query_type not in QUERY_TYPES:
         raise QueryError(f"query_type must be one of {', '.join(QUERY_TYPES)}")
-    opts = {name: _bounded(request, name) for name in ("max_support", "max_clause_freq", "max_diff_tokens", "maxnum", "max_disp_len") if name in request}
+    opts = {
+        name: _bounded(request, name)
+        for name in ("max_support", "max_clause_freq", "max_diff_tokens", "maxnum", "max_disp_len")
+        if name in request
+    }
 
     if query_type in ("get_doc_by_rank", "get_doc_by_ptr"):
         s, position = _int(request, "s"), _int(request, "rank" if query_type == "get_doc_by_rank" else "ptr")
@@ -54,7 +59,13 @@ def answer(engine: Engine, request: dict) -> dict:
         elif query_type == "find_cnf":
             result = engine.find_cnf(cnf, opts.get("max_clause_freq"), opts.get("max_diff_tokens"))
         else:
-            result = engine.search_docs_cnf(cnf, opts.get("maxnum"), opts.get("max_disp_len"), opts.get("max_clause_freq"), opts.get("max_diff_tokens"))
+            result = engine.search_docs_cnf(
+                cnf,
+                opts.get("maxnum"),
+                opts.get("max_disp_len"),
+                opts.get("max_clause_freq"),
+                opts.get("max_diff_tokens"),
+            )
         ids = cnf
     else:
         ids = cnf[0][0] if cnf is not None else _query_ids(engine, request)
@@ -96,7 +107,11 @@ def _query_ids(engine: Engine, request: dict) -> list[int]:
 
 def _query_cnf(engine: Engine, request: dict) -> list[list[list[int]]]:
     """A CNF from "a OR b AND c" text or nested ids; a plain n-gram becomes [[ids]]."""
-    if "query_ids" in request and isinstance(request["query_ids"], list) and any(isinstance(x, list) for x in request["query_ids"]):
+    if (
+        "query_ids" in request
+        and isinstance(request["query_ids"], list)
+        and any(isinstance(x, list) for x in request["query_ids"])
+    ):
         cnf = request["query_ids"]
         if not all(isinstance(c, list) and all(isinstance(t, list) for t in c) for c in cnf):
             raise QueryError("query_ids for a CNF must be a list of clauses, each a list of lists of token ids")
@@ -104,11 +119,16 @@ def _query_cnf(engine: Engine, request: dict) -> list[list[list[int]]]:
         if len(request["query"]) > LIMITS["query_chars"]:
             raise QueryError(f"query is longer than {LIMITS['query_chars']} characters")
         # Terms are matched as words inside running text, so each gets the leading space BPE sees there.
-        cnf = [[engine.tokenize(" " + term.strip()) for term in clause.split(" OR ")] for clause in request["query"].split(" AND ")]
+        cnf = [
+            [engine.tokenize(" " + term.strip()) for term in clause.split(" OR ")]
+            for clause in request["query"].split(" AND ")
+        ]
     else:
         return [[_query_ids(engine, request)]]
     if not cnf or len(cnf) > LIMITS["clauses"] or any(not c or len(c) > LIMITS["terms_per_clause"] for c in cnf):
-        raise QueryError(f"a CNF query takes 1 to {LIMITS['clauses']} clauses of 1 to {LIMITS['terms_per_clause']} terms")
+        raise QueryError(
+            f"a CNF query takes 1 to {LIMITS['clauses']} clauses of 1 to {LIMITS['terms_per_clause']} terms"
+        )
     if any(not term or len(term) > LIMITS["query_tokens"] for c in cnf for term in c):
         raise QueryError(f"every CNF term needs 1 to {LIMITS['query_tokens']} tokens")
     return cnf
@@ -150,7 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path not in ("/", "/info"):
             return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; POST queries to /"})
-        self._send(HTTPStatus.OK, {"index": str(self.engine.index_dir), **self.engine.card, "query_types": QUERY_TYPES, "limits": LIMITS})
+        self._send(
+            HTTPStatus.OK,
+            {"index": str(self.engine.index_dir), **self.engine.card, "query_types": QUERY_TYPES, "limits": LIMITS},
+        )
 
     def do_POST(self) -> None:
         if self.path not in ("/", "/query"):
@@ -159,7 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             return self._send(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
         if int(length) > LIMITS["body_bytes"]:
-            return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the body is larger than {LIMITS['body_bytes']} bytes"})
+            return self._send(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the body is larger than {LIMITS['body_bytes']} bytes"}
+            )
         body = self.rfile.read(int(length))
         try:
             request = json.loads(body)
@@ -188,7 +213,12 @@ class _Handler(BaseHTTPRequestHandler):
 def make_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A threaded server (port 0 picks a free one); call serve_forever() on it."""
     engine = Engine(index_dir)
-    for query_type in ("count", "ntd", "infgram_prob", "get_doc_by_rank"):  # load the compiled search loops now, not on the first request
+    for query_type in (
+        "count",
+        "ntd",
+        "infgram_prob",
+        "get_doc_by_rank",
+    ):  # load the compiled search loops now, not on the first request
         answer(engine, {"query_type": query_type, "query_ids": [0], "s": 0, "rank": 0})
     handler = type("IndexHandler", (_Handler,), {"engine": engine})
     server = ThreadingHTTPServer((host, port), handler)

@@ -42,18 +42,24 @@ def open_shards(index_dir: Path, card: dict) -> list[Shard]:
     shards = []
     width = card["token_width"]
     for s in range(card["shards"]):
-        paths = {kind: shard_path(index_dir, kind, s) for kind in ("tokenized", "offset", "table", "metadata", "metaoff")}
+        paths = {
+            kind: shard_path(index_dir, kind, s) for kind in ("tokenized", "offset", "table", "metadata", "metaoff")
+        }
         for kind in ("tokenized", "offset", "table"):
             if not paths[kind].is_file():
                 raise IndexFormatError(f"{paths[kind]} is missing")
         tokens = _map(paths["tokenized"])
         table = _map(paths["table"])
         if tokens.size % width:
-            raise IndexFormatError(f"{paths['tokenized']}: size {tokens.size} is not a multiple of the token width {width}")
+            raise IndexFormatError(
+                f"{paths['tokenized']}: size {tokens.size} is not a multiple of the token width {width}"
+            )
         n = tokens.size // width
         ptr = pointer_width(tokens.size)
         if table.size != n * ptr:
-            raise IndexFormatError(f"{paths['table']}: expected {n * ptr} bytes ({n} tokens x {ptr}), found {table.size}")
+            raise IndexFormatError(
+                f"{paths['table']}: expected {n * ptr} bytes ({n} tokens x {ptr}), found {table.size}"
+            )
         has_meta = paths["metadata"].is_file() and paths["metaoff"].is_file()
         shards.append(
             Shard(

@@ -83,8 +83,14 @@ def _row_stats(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, tr
     return lse, (lse - z_t).masked_fill(ignored, 0.0)
 
 
-def _logits_grad_(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, row_grad: torch.Tensor,
-                  ignore_index: int, triton_path: bool) -> torch.Tensor:
+def _logits_grad_(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    row_grad: torch.Tensor,
+    ignore_index: int,
+    triton_path: bool,
+) -> torch.Tensor:
     """d loss / d logits for a chunk, written over `logits` (row_grad is already 0 on ignored rows)."""
     if triton_path:
         n, V = logits.shape
@@ -136,8 +142,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = target != ignore_index
         count = valid.sum()
         mean_grad = valid.float() / count if any(ctx.needs_input_grad[:2]) else None  # d mean / d per-token
-        lse, per_token, dx, dw = _chunk_pass(x, weight, target, ignore_index, chunk_rows, triton_path,
-                                             row_grad=mean_grad)
+        lse, per_token, dx, dw = _chunk_pass(
+            x, weight, target, ignore_index, chunk_rows, triton_path, row_grad=mean_grad
+        )
         ctx.save_for_backward(x, weight, target, lse, dx, dw)
         ctx.ignore_index, ctx.chunk_rows, ctx.triton_path = ignore_index, chunk_rows, triton_path
         return per_token.sum() / count, per_token
@@ -152,8 +159,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dw += dw_mean * grad_mean.float()
         if grad_per_token is not None:
             row_grad = grad_per_token.float().masked_fill(target == ctx.ignore_index, 0.0)
-            _, _, dx_tok, dw_tok = _chunk_pass(x, weight, target, ctx.ignore_index, ctx.chunk_rows, ctx.triton_path,
-                                               lse=lse, row_grad=row_grad)
+            _, _, dx_tok, dw_tok = _chunk_pass(
+                x, weight, target, ctx.ignore_index, ctx.chunk_rows, ctx.triton_path, lse=lse, row_grad=row_grad
+            )
             dx += dx_tok
             dw += dw_tok
         return dx, dw.to(weight.dtype), None, None, None, None

@@ -49,8 +49,9 @@ def compiled_on_cpu(fn: F) -> F:
         except Exception as err:  # no C++ compiler, an inductor gap: eager still works (and re-raises bad input)
             if cache["fn"] is fn:
                 raise
-            warnings.warn(f"kernels: torch.compile of {fn.__name__} failed ({err!r:.200}); running it eager",
-                          stacklevel=2)
+            warnings.warn(
+                f"kernels: torch.compile of {fn.__name__} failed ({err!r:.200}); running it eager", stacklevel=2
+            )
             cache["fn"] = fn
             return fn(*args, **kwargs)
 

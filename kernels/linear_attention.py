@@ -89,13 +89,13 @@ def chunked_reference(
     return o.flatten(2, 3)[:, :, :T], final.reshape(B, H, K, V)
 
 
-
 _chunked_compiled = compiled_on_cpu(chunked_reference)
 
 
 @triton.jit
-def _chunk_states_kernel(k, v, h0, states, hT, T, K, V, NC, HAS_H0: tl.constexpr, C: tl.constexpr,
-                         BK: tl.constexpr, BV: tl.constexpr):
+def _chunk_states_kernel(
+    k, v, h0, states, hT, T, K, V, NC, HAS_H0: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr
+):
     """Program (k-block, v-block, b*H + h): walk the chunks, storing the state at each chunk's start."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     ok = i_k * BK + tl.arange(0, BK)
@@ -107,10 +107,12 @@ def _chunk_states_kernel(k, v, h0, states, hT, T, K, V, NC, HAS_H0: tl.constexpr
     for n in range(NC):
         tl.store(states + ((i_bh * NC + n) * K + ok[:, None]) * V + ov[None, :], h, mask=mkv)
         ot = n * C + tl.arange(0, C)
-        kt = tl.load(k + (i_bh * T + ot[None, :]) * K + ok[:, None], mask=(ot[None, :] < T) & (ok[:, None] < K),
-                     other=0.0).to(tl.float32)  # (BK, C)
-        vt = tl.load(v + (i_bh * T + ot[:, None]) * V + ov[None, :], mask=(ot[:, None] < T) & (ov[None, :] < V),
-                     other=0.0).to(tl.float32)  # (C, BV)
+        kt = tl.load(
+            k + (i_bh * T + ot[None, :]) * K + ok[:, None], mask=(ot[None, :] < T) & (ok[:, None] < K), other=0.0
+        ).to(tl.float32)  # (BK, C)
+        vt = tl.load(
+            v + (i_bh * T + ot[:, None]) * V + ov[None, :], mask=(ot[:, None] < T) & (ov[None, :] < V), other=0.0
+        ).to(tl.float32)  # (C, BV)
         h += tl.dot(kt, vt, input_precision="ieee")
     tl.store(hT + i_bh * K * V + ok[:, None] * V + ov[None, :], h, mask=mkv)
 
@@ -125,17 +127,23 @@ def _chunk_output_kernel(q, k, v, states, o, T, K, V, NC, C: tl.constexpr, BK: t
     att = tl.zeros([C, C], dtype=tl.float32)
     for kb in range(0, K, BK):
         ok = kb + tl.arange(0, BK)
-        qt = tl.load(q + (i_bh * T + ot[:, None]) * K + ok[None, :], mask=(ot[:, None] < T) & (ok[None, :] < K),
-                     other=0.0).to(tl.float32)  # (C, BK)
-        kt = tl.load(k + (i_bh * T + ot[None, :]) * K + ok[:, None], mask=(ot[None, :] < T) & (ok[:, None] < K),
-                     other=0.0).to(tl.float32)  # (BK, C)
-        s = tl.load(states + ((i_bh * NC + n) * K + ok[:, None]) * V + ov[None, :],
-                    mask=(ok[:, None] < K) & (ov[None, :] < V), other=0.0)  # (BK, BV)
+        qt = tl.load(
+            q + (i_bh * T + ot[:, None]) * K + ok[None, :], mask=(ot[:, None] < T) & (ok[None, :] < K), other=0.0
+        ).to(tl.float32)  # (C, BK)
+        kt = tl.load(
+            k + (i_bh * T + ot[None, :]) * K + ok[:, None], mask=(ot[None, :] < T) & (ok[:, None] < K), other=0.0
+        ).to(tl.float32)  # (BK, C)
+        s = tl.load(
+            states + ((i_bh * NC + n) * K + ok[:, None]) * V + ov[None, :],
+            mask=(ok[:, None] < K) & (ov[None, :] < V),
+            other=0.0,
+        )  # (BK, BV)
         acc += tl.dot(qt, s, input_precision="ieee")
         att += tl.dot(qt, kt, input_precision="ieee")
     att = tl.where(ot[:, None] >= ot[None, :], att, 0.0)
-    vt = tl.load(v + (i_bh * T + ot[:, None]) * V + ov[None, :], mask=(ot[:, None] < T) & (ov[None, :] < V),
-                 other=0.0).to(tl.float32)
+    vt = tl.load(
+        v + (i_bh * T + ot[:, None]) * V + ov[None, :], mask=(ot[:, None] < T) & (ov[None, :] < V), other=0.0
+    ).to(tl.float32)
     acc += tl.dot(att, vt, input_precision="ieee")
     tl.store(o + (i_bh * T + ot[:, None]) * V + ov[None, :], acc, mask=(ot[:, None] < T) & (ov[None, :] < V))
 
@@ -151,8 +159,20 @@ def _triton_forward(q, k, v, h0, chunk: int) -> tuple[torch.Tensor, torch.Tensor
     h_final = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     h0c = None if h0 is None else h0.float().contiguous()
     _chunk_states_kernel[(triton.cdiv(K, bk), triton.cdiv(V, bv), B * H)](
-        k, v, h0c if h0c is not None else h_final, states, h_final, T, K, V, nc, HAS_H0=h0c is not None,
-        C=chunk, BK=bk, BV=bv)
+        k,
+        v,
+        h0c if h0c is not None else h_final,
+        states,
+        h_final,
+        T,
+        K,
+        V,
+        nc,
+        HAS_H0=h0c is not None,
+        C=chunk,
+        BK=bk,
+        BV=bv,
+    )
     o = torch.empty(B, H, T, V, device=q.device, dtype=torch.float32)
     _chunk_output_kernel[(triton.cdiv(V, bv), nc, B * H)](q, k, v, states, o, T, K, V, nc, C=chunk, BK=bk, BV=bv)
     return o, h_final

@@ -42,8 +42,9 @@ def _rms_fwd_kernel(x, res, h_out, y, w, rstd_out, D, eps, HAS_RES: tl.constexpr
 
 
 @triton.jit
-def _rms_bwd_kernel(dy, dh_in, h, w, rstd, dh_out, dw_part, N, D, ROWS: tl.constexpr, HAS_DH: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _rms_bwd_kernel(
+    dy, dh_in, h, w, rstd, dh_out, dw_part, N, D, ROWS: tl.constexpr, HAS_DH: tl.constexpr, BLOCK: tl.constexpr
+):
     """Rows [pid*ROWS, pid*ROWS + ROWS): dh = dh_in + rstd * (w*dy - hn * mean(w*dy*hn)); dw partial = sum dy*hn."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -76,8 +77,9 @@ class _RMSNormTriton(torch.autograd.Function):
         y = torch.empty_like(x2)
         rstd = torch.empty(n, device=x.device, dtype=torch.float32)
         block = triton.next_power_of_2(D)
-        _rms_fwd_kernel[(n,)](x2, res2 if res2 is not None else x2, h, y, weight, rstd, D, eps,
-                              HAS_RES=res2 is not None, BLOCK=block)
+        _rms_fwd_kernel[(n,)](
+            x2, res2 if res2 is not None else x2, h, y, weight, rstd, D, eps, HAS_RES=res2 is not None, BLOCK=block
+        )
         ctx.save_for_backward(h, weight, rstd)
         ctx.has_res = residual is not None
         return (y.view(shape), h.view(shape)) if ctx.has_res else y.view(shape)
@@ -93,14 +95,29 @@ class _RMSNormTriton(torch.autograd.Function):
         dh_in2 = None if dh_in is None else dh_in.reshape(n, D).contiguous()
         dh = torch.empty_like(h)
         dw_part = torch.empty(programs, D, device=h.device, dtype=torch.float32)
-        _rms_bwd_kernel[(programs,)](dy2, dh_in2 if dh_in2 is not None else dy2, h, weight, rstd, dh, dw_part, n, D,
-                                     ROWS=rows, HAS_DH=dh_in2 is not None, BLOCK=triton.next_power_of_2(D))
+        _rms_bwd_kernel[(programs,)](
+            dy2,
+            dh_in2 if dh_in2 is not None else dy2,
+            h,
+            weight,
+            rstd,
+            dh,
+            dw_part,
+            n,
+            D,
+            ROWS=rows,
+            HAS_DH=dh_in2 is not None,
+            BLOCK=triton.next_power_of_2(D),
+        )
         dh = dh.view(dy.shape)
         return dh, dw_part.sum(0).to(weight.dtype), dh if ctx.has_res else None, None
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, h) with h = x + residual (x itself without one) and y = RMSNorm(h) * weight over the last dim.

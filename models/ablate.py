@@ -103,16 +103,24 @@ def run_ablation(
 
     part_cfg = spec.partition_config()
     pool_jobs = [
-        TrainJob(name, indexes[name], out / "pool" / name, part_cfg, seed_ckpt,
-                 _key(part_cfg.run_hash(), _card(indexes[name]), seed_job.key))
+        TrainJob(
+            name,
+            indexes[name],
+            out / "pool" / name,
+            part_cfg,
+            seed_ckpt,
+            _key(part_cfg.run_hash(), _card(indexes[name]), seed_job.key),
+        )
         for name in files
     ]
     pool = train_all(pool_jobs, train_fn, spec.retries, log)
     _note_stale(out / "pool", set(files), log)
 
     candidates = candidate_mixtures(list(files), spec)
-    extra = {name: _ensure_index(f"e-{name}", [str(p) for p in expand_inputs(files)], tokenizer, out, log)
-             for name, files in spec.eval.extra.items()}
+    extra = {
+        name: _ensure_index(f"e-{name}", [str(p) for p in expand_inputs(files)], tokenizer, out, log)
+        for name, files in spec.eval.extra.items()
+    }
     clash = sorted(set(extra) & set(indexes))
     if clash:
         raise AblationError(f"eval.extra: {clash} are partition names; name the extra evaluation sets otherwise")
@@ -131,11 +139,13 @@ def run_ablation(
         parts = next(c for c in candidates if c["name"] == name)["parts"]
         index = _ensure_index(f"u-{name}", [str(files[p]) for p in parts], tokenizer, out, log)
         cfg = spec.partition_config(part_cfg.steps * len(parts))
-        real_jobs.append(TrainJob(name, index, out / "real" / name, cfg, seed_ckpt,
-                                  _key(cfg.run_hash(), _card(index), seed_job.key)))
+        real_jobs.append(
+            TrainJob(name, index, out / "real" / name, cfg, seed_ckpt, _key(cfg.run_hash(), _card(index), seed_job.key))
+        )
     real_cards = train_all(real_jobs, train_fn, spec.retries, log)
-    real = {job.name: {**real_cards[job.name], **evaluate_model(job.out_dir / "checkpoint", eval_sets)}
-            for job in real_jobs}
+    real = {
+        job.name: {**real_cards[job.name], **evaluate_model(job.out_dir / "checkpoint", eval_sets)} for job in real_jobs
+    }
 
     report = {
         "name": spec.name,
@@ -203,8 +213,9 @@ def partition_documents(spec: AblateSpec, folder: Path, log: Callable[[str], Non
     return files
 
 
-def train_all(jobs: list[TrainJob], train_fn: Callable[[TrainJob], dict], retries: int,
-              log: Callable[[str], None] = print) -> dict[str, dict]:
+def train_all(
+    jobs: list[TrainJob], train_fn: Callable[[TrainJob], dict], retries: int, log: Callable[[str], None] = print
+) -> dict[str, dict]:
     """Train the jobs whose card does not match, one Ray task each, in parallel; retry a failed one
     up to `retries` times, then raise naming it (the others are finished and kept). Returns
     each job's card: reused, tokens, seconds, failures (the errors of attempts that failed)."""
@@ -247,15 +258,25 @@ def train_all(jobs: list[TrainJob], train_fn: Callable[[TrainJob], dict], retrie
                 log(f"training {job.name} failed (attempt {attempt} of {retries + 1}): {error}")
                 failed.append(f"{job.name} ({error})")
             continue
-        card = {"key": job.key, "name": job.name, "index": str(job.index_dir), "init_from": _str(job.init_from),
-                "train": job.config.model_dump(mode="json"), **result}
+        card = {
+            "key": job.key,
+            "name": job.name,
+            "index": str(job.index_dir),
+            "init_from": _str(job.init_from),
+            "train": job.config.model_dump(mode="json"),
+            **result,
+        }
         write_text(job.out_dir / CARD, json.dumps(card, indent=2) + "\n")
         cards[job.name] = {**card, "reused": False, "failures": failures[job.name]}
-        log(f"trained {job.name}: {result['tokens']:,} tokens in {result['seconds']:.1f} s, val loss "
-            f"{result['val_loss']:.4f}")
+        log(
+            f"trained {job.name}: {result['tokens']:,} tokens in {result['seconds']:.1f} s, val loss "
+            f"{result['val_loss']:.4f}"
+        )
     if failed:
-        raise AblationError(f"training failed after {retries + 1} attempts: {'; '.join(failed)}; "
-                            f"the models that finished are kept and a rerun trains only the missing ones")
+        raise AblationError(
+            f"training failed after {retries + 1} attempts: {'; '.join(failed)}; "
+            f"the models that finished are kept and a rerun trains only the missing ones"
+        )
     return cards
 
 
@@ -264,8 +285,12 @@ def _train_task(train_fn: Callable[[TrainJob], dict], job: TrainJob) -> dict:
     t0 = time.perf_counter()
     summary = train_fn(job)
     cfg = job.config
-    return {"tokens": cfg.steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0,
-            "val_loss": summary.get("val_loss"), "parameters": summary.get("parameters")}
+    return {
+        "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "seconds": time.perf_counter() - t0,
+        "val_loss": summary.get("val_loss"),
+        "parameters": summary.get("parameters"),
+    }
 
 
 def candidate_mixtures(names: list[str], spec: AblateSpec) -> list[dict]:
@@ -321,8 +346,12 @@ def load_eval_sets(indexes: dict[str, Path], spec: AblateSpec) -> dict[str, dict
             raise AblationError(f"the {spec.eval.split} split of {name} has {tokens} tokens, too few to evaluate on")
         stream = batches(shards, spec.eval.split, seq_len, 1, seed=0)
         x, y = (torch.cat(t) for t in zip(*itertools.islice(stream, n)))
-        info = {"on": f"{spec.eval.split} split of {index.name}", "docs": len(docs), "windows": n,
-                "tokens": n * seq_len}
+        info = {
+            "on": f"{spec.eval.split} split of {index.name}",
+            "docs": len(docs),
+            "windows": n,
+            "tokens": n * seq_len,
+        }
         sets[name] = {"x": x, "y": y, "info": info}
     return sets
 
@@ -336,8 +365,10 @@ def evaluate_model(checkpoint: Path, eval_sets: dict[str, dict], batch_size: int
     model, _ = load_checkpoint(checkpoint)
     results = {}
     for name, s in eval_sets.items():
-        total = sum(float(model(x, y, reduction="none").double().sum())
-                    for x, y in zip(s["x"].split(batch_size), s["y"].split(batch_size)))
+        total = sum(
+            float(model(x, y, reduction="none").double().sum())
+            for x, y in zip(s["x"].split(batch_size), s["y"].split(batch_size))
+        )
         loss = total / s["y"].numel()
         results[name] = {"loss": loss, "perplexity": math.exp(loss)}
     return {"checkpoint": str(checkpoint), "eval": results, "eval_seconds": time.perf_counter() - t0}
@@ -378,7 +409,8 @@ def cost(pool: dict, proxies: dict, real: dict) -> dict:
     real_seconds = sum(r["seconds"] for r in real.values())
     per_token = real_seconds / real_tokens if real_tokens else None
     all_tokens = sum(len(p["parts"]) for p in proxies.values() if p["kind"] == "uniform") * (
-        pool_tokens / len(pool) if pool else 0)
+        pool_tokens / len(pool) if pool else 0
+    )
     return {
         "proxy": {
             "pool_models": len(pool),

@@ -40,10 +40,18 @@ def render(report: dict) -> str:
         "with the token budget of its parts together.</p>",
         "<h2>Partitions and the pool</h2>",
         _table(
-            [[n, p["documents"], f"{p['bytes']:,}", f"{report['pool'][n]['tokens']:,}",
-              f"{report['pool'][n]['seconds']:.1f}", _f(report['pool'][n].get('val_loss')),
-              "reused" if report["pool"][n]["reused"] else "trained"]
-             for n, p in report["partitions"].items()],
+            [
+                [
+                    n,
+                    p["documents"],
+                    f"{p['bytes']:,}",
+                    f"{report['pool'][n]['tokens']:,}",
+                    f"{report['pool'][n]['seconds']:.1f}",
+                    _f(report["pool"][n].get("val_loss")),
+                    "reused" if report["pool"][n]["reused"] else "trained",
+                ]
+                for n, p in report["partitions"].items()
+            ],
             ["partition", "documents", "bytes", "training tokens", "seconds", "val loss", "this run"],
         ),
         "<h2>Proxy versus real perplexity</h2>",
@@ -56,37 +64,63 @@ def render(report: dict) -> str:
         parts.append(f'<img src="data:image/png;base64,{_scatter(corr)}">')
     parts += ["<h2>Cost</h2>", _cost(report["cost"])]
     if report["retried"]:
-        parts += ["<h2>Failed attempts (retried)</h2>",
-                  _table([[f["model"], f["attempt"], f["error"]] for f in report["retried"]],
-                         ["model", "attempt", "error"])]
+        parts += [
+            "<h2>Failed attempts (retried)</h2>",
+            _table([[f["model"], f["attempt"], f["error"]] for f in report["retried"]], ["model", "attempt", "error"]),
+        ]
     parts.append("<h2>Candidates ranked by proxy perplexity, per evaluation set</h2>")
     for e, names in rankings(report).items():
         info = report["eval_sets"][e]
-        parts.append(f"<h3>{_e(e)} <small>({_e(info['on'])}: {info['windows']} windows from its "
-                     f"{info['docs']} documents)</small></h3>")
-        rows = [[i + 1, n, cands[n]["kind"], _f(cands[n]["eval"][e]["perplexity"], 2),
-                 _f(cands[n]["eval"][e]["loss"], 4),
-                 _f(real[n]["eval"][e]["perplexity"], 2) if n in real else ""]
-                for i, n in enumerate(names)]
+        parts.append(
+            f"<h3>{_e(e)} <small>({_e(info['on'])}: {info['windows']} windows from its "
+            f"{info['docs']} documents)</small></h3>"
+        )
+        rows = [
+            [
+                i + 1,
+                n,
+                cands[n]["kind"],
+                _f(cands[n]["eval"][e]["perplexity"], 2),
+                _f(cands[n]["eval"][e]["loss"], 4),
+                _f(real[n]["eval"][e]["perplexity"], 2) if n in real else "",
+            ]
+            for i, n in enumerate(names)
+        ]
         parts.append(_table(rows, ["rank", "mixture", "kind", "proxy ppl", "proxy loss", "real ppl"]))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "td:nth-child(2),th:nth-child(2){text-align:left}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablation {_e(report['name'])}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+        "margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "td:nth-child(2),th:nth-child(2){text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ablation {_e(report['name'])}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def _cost(cost: dict) -> str:
     p, r = cost["proxy"], cost["real"]
     rows = [
-        ["proxy: partition pool (paid once, serves every candidate)", f"{p['pool_models']} models",
-         f"{p['pool_tokens']:,}", f"{p['pool_train_seconds']:.1f}"],
+        [
+            "proxy: partition pool (paid once, serves every candidate)",
+            f"{p['pool_models']} models",
+            f"{p['pool_tokens']:,}",
+            f"{p['pool_train_seconds']:.1f}",
+        ],
         ["proxy: merging every candidate", f"{p['candidates']} merges", "0", f"{p['merge_seconds']:.1f}"],
         ["proxy: evaluating every candidate", f"{p['candidates']} models", "", f"{p['eval_seconds']:.1f}"],
-        ["real: training the validated mixtures", f"{r['models']} models", f"{r['tokens']:,}",
-         f"{r['train_seconds']:.1f}"],
-        ["real: every uniform candidate (estimated at the same tokens/s)", "",
-         f"{r['all_uniform_candidates_tokens']:,.0f}", _f(r["all_uniform_candidates_seconds_estimate"], 1)],
+        [
+            "real: training the validated mixtures",
+            f"{r['models']} models",
+            f"{r['tokens']:,}",
+            f"{r['train_seconds']:.1f}",
+        ],
+        [
+            "real: every uniform candidate (estimated at the same tokens/s)",
+            "",
+            f"{r['all_uniform_candidates_tokens']:,.0f}",
+            _f(r["all_uniform_candidates_seconds_estimate"], 1),
+        ],
     ]
     return _table(rows, ["side", "models", "training tokens", "seconds (summed over tasks)"])
 

@@ -82,8 +82,9 @@ class TaylorLinearAttention(nn.Module):
         q, k, v = self.features(self.q, x[:, None]), self.features(self.k, x[:, None]), self.values(self.v, x[:, None])
         if state is None:
             B, H, _, K = k.shape
-            state = LinearAttentionState(x.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32),
-                                         x.new_zeros(B, H, K, dtype=torch.float32))
+            state = LinearAttentionState(
+                x.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32), x.new_zeros(B, H, K, dtype=torch.float32)
+            )
         y, state = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state)
         return self.proj(y.reshape(x.shape)), state
 

@@ -66,8 +66,16 @@ def _eval(args) -> int:
     from models.evaluate import evaluate_checkpoint, format_table
     from models.train import pick_device
 
-    report = evaluate_checkpoint(args.model, args.data, args.split, args.text, args.batch_size, args.stride,
-                                 str(pick_device("auto")), args.max_docs)
+    report = evaluate_checkpoint(
+        args.model,
+        args.data,
+        args.split,
+        args.text,
+        args.batch_size,
+        args.stride,
+        str(pick_device("auto")),
+        args.max_docs,
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -14,9 +14,7 @@ from curate.registry import Strict
 from curate.settings import load_settings
 
 
-
 class TrainConfig(Strict):
-
     arch: str = "transformer"
     size: str = Field("tiny", description="a named size of the architecture (models/registry.py)")
     model: dict[str, Any] = Field(

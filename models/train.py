@@ -22,9 +22,16 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model
 
-from models.checkpoint import CHECKPOINT_DIR, WEIGHTS, CheckpointError, check_tokenizer, checkpoint_dir
-from models.checkpoint import load_train_state, read_meta
-from models.checkpoint import save_checkpoint
+from models.checkpoint import (
+    CHECKPOINT_DIR,
+    WEIGHTS,
+    CheckpointError,
+    check_tokenizer,
+    checkpoint_dir,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+)
 from models.config import TrainConfig
 from models.data import TokenShards, batches
 from models.optim import build_optimizers, lr_at
@@ -106,9 +113,11 @@ def run_training(
     end = min(stop_at or cfg.steps, cfg.steps)
     if main:
         _truncate_metrics(out_dir / METRICS, start)
-        log(f"{cfg.arch} {cfg.size}: {count_parameters(raw):,} parameters; {shards.vocab_size:,} vocabulary; "
+        log(
+            f"{cfg.arch} {cfg.size}: {count_parameters(raw):,} parameters; {shards.vocab_size:,} vocabulary; "
             f"steps {start}..{end} of {cfg.steps}; {cfg.batch_size} x {cfg.seq_len} tokens per step; "
-            f"{world} worker(s) on {device}")
+            f"{world} worker(s) on {device}"
+        )
     model = wrap(raw) if wrap else raw
     step_fn = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -129,7 +138,7 @@ def run_training(
             for micro in range(cfg.grad_accum):
                 x, y = (t.to(device, non_blocking=True) for t in next(train_iter))
                 sync = micro == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                with contextlib.nullcontext() if sync else model.no_sync(), autocast:
                     loss = step_fn(x, y) / cfg.grad_accum
                 loss.backward()
                 total += loss.detach()
@@ -151,8 +160,10 @@ def run_training(
                 rate = (step - start) * tokens_per_step / (time.perf_counter() - t0)
                 eta = (end - step) * tokens_per_step / rate
                 val_text = f" val {val_loss:.4f}" if val_loss is not None else ""
-                log(f"step {step}/{cfg.steps} loss {loss_value:.4f}{val_text} lr {lr:.2e} {rate:,.0f} tok/s "
-                    f"ETA {_duration(eta)}")
+                log(
+                    f"step {step}/{cfg.steps} loss {loss_value:.4f}{val_text} lr {lr:.2e} {rate:,.0f} tok/s "
+                    f"ETA {_duration(eta)}"
+                )
             if step % cfg.checkpoint_every == 0 or step == end:
                 if main:
                     train_state = {"step": step, "optimizers": [opt.state_dict() for opt in optimizers]}

@@ -35,7 +35,9 @@ def index_outputs(spec: IndexSpec, out_dir: Path, result: RunResult, log=print) 
         changes = dedup(kept, tokenizer, spec, out_dir, log)
         result = result.with_dedup(changes)
         info["dedup"] = changes.info
-    info["card"] = build_index([str(out_dir / "kept")], tokenizer, index_dir, spec.shard_tokens, overwrite=True, log=log)
+    info["card"] = build_index(
+        [str(out_dir / "kept")], tokenizer, index_dir, spec.shard_tokens, overwrite=True, log=log
+    )
     return dataclasses.replace(result, index=info)
 
 

@@ -22,6 +22,7 @@ from curate.llm import report as llm_report  # noqa: E402
 from curate.stages import Plot, Stage  # noqa: E402
 from pipelines.result import RunResult  # noqa: E402
 
+
 def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage], samples: int) -> dict:
     scores = result.scores
     data = {
@@ -30,7 +31,9 @@ def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage],
         "sources": manifest["sources"],
         "stages": manifest["stages"],
         "seconds": manifest["seconds"],
-        "histograms": _histograms(scores, [p for stage, params in zip(stages, result.params) for p in stage.plots(params)]),
+        "histograms": _histograms(
+            scores, [p for stage, params in zip(stages, result.params) for p in stage.plots(params)]
+        ),
         "languages": _languages(result),
         "samples": _samples(result, manifest["stages"], samples),
         "index": manifest.get("index"),
@@ -92,13 +95,17 @@ def _samples(result: RunResult, stages: list[dict], n: int) -> dict:
     out: dict[str, list[dict]] = {}
     if "ppl_bucket" in kept.columns:
         for bucket in ("head", "middle", "tail"):
-            out[f"kept, bucket {bucket}"] = pick(kept.filter(pl.col("ppl_bucket") == bucket), ["id", "source", "ppl", "snippet"])
+            out[f"kept, bucket {bucket}"] = pick(
+                kept.filter(pl.col("ppl_bucket") == bucket), ["id", "source", "ppl", "snippet"]
+            )
     else:
         out["kept"] = pick(kept, ["id", "source", "snippet"])
     rejected = result.rejected
     for stage in stages:
         if len(rejected):
-            out[f"rejected by {stage['stage']}"] = pick(rejected.filter(pl.col("reject_stage") == stage["stage"]), ["id", "source", "reject_reason", "snippet"])
+            out[f"rejected by {stage['stage']}"] = pick(
+                rejected.filter(pl.col("reject_stage") == stage["stage"]), ["id", "source", "reject_reason", "snippet"]
+            )
     out["quarantined"] = pick(result.quarantine, ["id", "source", "error", "snippet"])
     return out
 
@@ -153,11 +160,20 @@ def _html(data: dict) -> str:
         counts += "<h3>By language (langid)</h3>" + _table(lang_rows, ["language", "documents", "kept"] + header[3:-1])
     stages = _table([[s["stage"], _params(s)] for s in data["stages"]], ["stage", "parameters"], css="text")
     seconds = _table([[k, v] for k, v in data["seconds"].items()], ["step", "seconds (summed over workers)"])
-    plots = "".join(f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>" for col, h in data["histograms"].items())
+    plots = "".join(
+        f"<h3>{html.escape(col)}</h3><img alt='{html.escape(col)} histogram' src='data:image/png;base64,{_plot(h)}'>"
+        for col, h in data["histograms"].items()
+    )
     index = ""
     if data["index"]:
         card, dedup = data["index"]["card"], data["index"].get("dedup")
-        rows = [["index", data["index"]["dir"]], ["tokens", f"{card['tokens']:,}"], ["documents", f"{card['documents']:,}"], ["shards", card["shards"]], ["build seconds", card["build_seconds"]]]
+        rows = [
+            ["index", data["index"]["dir"]],
+            ["tokens", f"{card['tokens']:,}"],
+            ["documents", f"{card['documents']:,}"],
+            ["shards", card["shards"]],
+            ["build seconds", card["build_seconds"]],
+        ]
         if dedup:
             rows += [[f"dedup: {k.replace('_', ' ')}", v] for k, v in dedup.items()]
         index = "<h2>Index</h2>" + _table(rows, ["", "value"])
@@ -167,11 +183,19 @@ def _html(data: dict) -> str:
             continue
         samples += f"<h3>{html.escape(group)}</h3>"
         for d in docs:
-            fields = " · ".join(f"<b>{html.escape(k)}</b> {html.escape(str(round(v, 1) if isinstance(v, float) else v))}" for k, v in d.items() if k != "snippet")
-            samples += f"<div class='doc'><div class='meta'>{fields}</div><pre>{html.escape(str(d.get('snippet') or ''))}</pre></div>"
+            fields = " · ".join(
+                f"<b>{html.escape(k)}</b> {html.escape(str(round(v, 1) if isinstance(v, float) else v))}"
+                for k, v in d.items()
+                if k != "snippet"
+            )
+            samples += (
+                f"<div class='doc'><div class='meta'>{fields}</div>"
+                f"<pre>{html.escape(str(d.get('snippet') or ''))}</pre></div>"
+            )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}table.text td{text-align:left}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}table.text td{text-align:left}"
         "td:first-child,th:first-child{text-align:left}.doc{border:1px solid #ddd;margin:.5em 0;padding:.5em}"
         ".meta{font-size:.85em;color:#555}pre{white-space:pre-wrap;font-size:.85em;max-height:12em;overflow:auto}"
     )

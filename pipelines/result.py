@@ -11,7 +11,6 @@ from typing import Any
 
 import polars as pl
 
-
 SNIPPET_CHARS = 400
 PARTS = ("kept", "rejected", "quarantine", "synthetic")  # the row frames of a shard and of a run
 

@@ -46,7 +46,12 @@ INTERNAL = ("_shard", "_shard_rows")
 
 
 def run_job(
-    job: Job, out: str | Path | None = None, address: str | None = None, fresh: bool = False, log=print, verbose: bool = False
+    job: Job,
+    out: str | Path | None = None,
+    address: str | None = None,
+    fresh: bool = False,
+    log=print,
+    verbose: bool = False,
 ) -> dict:
     out_dir = Path(out or job.output_dir()).resolve()
     started = time.time()
@@ -59,19 +64,27 @@ def run_job(
     config_hash = job.config_hash()
     if fresh and out_dir.exists():
         if any(out_dir.iterdir()) and not state_file.is_file():
-            raise SpecError(f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)")
+            raise SpecError(
+                f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)"
+            )
         shutil.rmtree(out_dir)
     if state_file.is_file():
         previous = json.loads(state_file.read_text())["config_hash"]
         if previous != config_hash:
-            raise SpecError(f"{out_dir} holds a run of another configuration (hash {previous}, this job is {config_hash}): use another --out, or --fresh to start over")
+            raise SpecError(
+                f"{out_dir} holds a run of another configuration (hash {previous}, this job is {config_hash}): "
+                "use another --out, or --fresh to start over"
+            )
     work.mkdir(parents=True, exist_ok=True)
     write_text(state_file, json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
 
     files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
     shards = plan_shards(files, job.shard_docs)
     pending = [s for s in shards if not _shard_file(work, s.shard).is_file()]
-    log(f"{len(shards)} shards from {len(files)} files; {len(shards) - len(pending)} already done, {len(pending)} to process")
+    log(
+        f"{len(shards)} shards from {len(files)} files; "
+        f"{len(shards) - len(pending)} already done, {len(pending)} to process"
+    )
     if pending or job.index:  # Ray's records go to OUT/logs/ray.log (and the terminal with --verbose)
         init_ray(address, verbose, ray_log_file(out_dir))
     if pending:
@@ -89,7 +102,10 @@ def run_job(
     report.write(out_dir, manifest, result, stages, job.report_samples)
     if job.train:
         train_step(job.train, out_dir, address, log)
-    log(f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, quarantined {manifest['quarantined']} of {manifest['input']} documents")
+    log(
+        f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, "
+        f"quarantined {manifest['quarantined']} of {manifest['input']} documents"
+    )
     log(f"report: {out_dir / 'report.html'}")
     return manifest
 
@@ -110,7 +126,9 @@ def prepare_models(job: Job, log=print) -> dict[str, str]:
             reference = _resolve(cal.reference, dirs) if cal.reference else None
             guard = _resolve(cal.guard, dirs) if cal.guard else None
             log(f"calibrating {name} on {cal.labeled}")
-            harmful.calibrate_model(dirs[name], cal.labeled, cal.label_field, reference, log=log, guard=guard, web=cal.web)
+            harmful.calibrate_model(
+                dirs[name], cal.labeled, cal.label_field, reference, log=log, guard=guard, web=cal.web
+            )
     return dirs
 
 
@@ -124,7 +142,10 @@ def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
         return model_dirs[name_or_path]
     if (Path(name_or_path) / lm.CARD).is_file():
         return str(Path(name_or_path).resolve())
-    raise SpecError(f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) nor a model directory")
+    raise SpecError(
+        f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) "
+        "nor a model directory"
+    )
 
 
 def build_stage(entry: StageEntry, model_dirs: dict[str, str]) -> Stage:
@@ -146,7 +167,9 @@ def check_inputs(stages: list[Stage]) -> None:
     made: set[str] = set()
     for stage in stages:
         if missing := [c for c in stage.inputs if c not in made]:
-            raise SpecError(f"stage {stage.name} reads {', '.join(missing)}: put a stage that adds it first (e.g. langid)")
+            raise SpecError(
+                f"stage {stage.name} reads {', '.join(missing)}: put a stage that adds it first (e.g. langid)"
+            )
         made.update(stage.columns)
 
 
@@ -176,7 +199,12 @@ def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
             return [
-                ReadTask(lambda spec=spec: read(spec), BlockMetadata(num_rows=spec.stop - spec.start, size_bytes=None, exec_stats=None, input_files=(spec.path,)))
+                ReadTask(
+                    lambda spec=spec: read(spec),
+                    BlockMetadata(
+                        num_rows=spec.stop - spec.start, size_bytes=None, exec_stats=None, input_files=(spec.path,)
+                    ),
+                )
                 for spec in pending
             ]
 
@@ -193,7 +221,9 @@ def score_shards(
     # Ray's CPU shares are logical: reads and every stage's actors run side by side and share
     # the cores, so each asks for a fraction and none can starve the others of a slot.
     share = 1 / (len(stages) + 1)
-    ds = ray.data.read_datasource(_shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share)
+    ds = ray.data.read_datasource(
+        _shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share
+    )
     for stage in stages:
         ds = stage.plan(ds, job.batch_docs, stage.resources.resolve(share, workers))
     docs = sum(s.stop - s.start for s in pending)
@@ -254,13 +284,19 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
 def read_scores(files: list[Path], stages: list[Stage]) -> pl.DataFrame:
     """id, source, error and every stage's score columns of all the scored shards."""
     columns = ["id", "source", "error"] + [c for s in stages for c in s.columns]
-    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+    return (
+        pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
+        if files
+        else pl.DataFrame()
+    )
 
 
 def fit_stages(stages: list[Stage], scores: pl.DataFrame, log) -> list[dict[str, Any]]:
     """Each stage's run-wide parameters, fitted on the valid documents that reach it (not
     rejected by an earlier stage)."""
-    valid = scores.filter(pl.col("error").is_null()).with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
+    valid = scores.filter(pl.col("error").is_null()).with_columns(
+        reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String)
+    )
     params = []
     for stage in stages:
         p = stage.fit(valid.filter(pl.col("reject_stage").is_null()))
@@ -270,7 +306,9 @@ def fit_stages(stages: list[Stage], scores: pl.DataFrame, log) -> list[dict[str,
     return params
 
 
-def split_shard(shard: int, path: Path, stages: list[Stage], params: list[dict[str, Any]], out_dir: Path) -> ShardOutput:
+def split_shard(
+    shard: int, path: Path, stages: list[Stage], params: list[dict[str, Any]], out_dir: Path
+) -> ShardOutput:
     """Write one scored shard's kept/, rejected/ and quarantine/ parts (plus the documents the
     stages make from the kept ones)."""
     df = pl.read_parquet(path)
@@ -296,7 +334,9 @@ def split_shard(shard: int, path: Path, stages: list[Stage], params: list[dict[s
             rel = f"{sub}/part-{shard:05d}.parquet"
             files[rel] = {"rows": len(frame), "sha256": write_parquet(frame.to_arrow(), out_dir / rel)}
     rows = {sub: without_text(frame) if len(frame) else pl.DataFrame() for sub, frame in parts.items()}
-    return ShardOutput(files=files, synthetic=without_text(synthetic) if len(synthetic) else pl.DataFrame(), seconds=seconds, **rows)
+    return ShardOutput(
+        files=files, synthetic=without_text(synthetic) if len(synthetic) else pl.DataFrame(), seconds=seconds, **rows
+    )
 
 
 def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
@@ -312,7 +352,9 @@ def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
 # ---------------------------------------------------------------- accounting
 
 
-def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, result: RunResult, out_dir: Path, seconds: float) -> dict:
+def write_manifest(
+    job: Job, config_hash: str, shards: list[ShardSpec], files, result: RunResult, out_dir: Path, seconds: float
+) -> dict:
     scores = result.scores
     total_input = sum(s.stop - s.start for s in shards)
     stage_names = [e.kind for e in job.stages] + ([DEDUP] if job.index and job.index.dedup_min_tokens else [])
@@ -324,9 +366,17 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
             return len(frame) if source is None else int((frame["source"] == source).sum())
 
         rejected = result.rejected
-        by_stage = {name: n(rejected.filter(pl.col("reject_stage") == name)) if len(rejected) else 0 for name in stage_names}
+        by_stage = {
+            name: n(rejected.filter(pl.col("reject_stage") == name)) if len(rejected) else 0 for name in stage_names
+        }
         synthetic = n(result.synthetic)  # inside kept/, but made here, not input
-        return {"input": n(scores), "kept": n(result.kept) - synthetic, "synthetic": synthetic, "rejected": by_stage, "quarantined": n(result.quarantine)}
+        return {
+            "input": n(scores),
+            "kept": n(result.kept) - synthetic,
+            "synthetic": synthetic,
+            "rejected": by_stage,
+            "quarantined": n(result.quarantine),
+        }
 
     manifest = {
         "job": job.name,
@@ -342,7 +392,9 @@ def write_manifest(job: Job, config_hash: str, shards: list[ShardSpec], files, r
     for scope, c in [("run", manifest)] + list(manifest["sources"].items()):
         accounted = c["kept"] + sum(c["rejected"].values()) + c["quarantined"]
         if accounted != c["input"]:
-            raise RuntimeError(f"accounting broken for {scope}: input {c['input']} != kept + rejected + quarantined {accounted}")
+            raise RuntimeError(
+                f"accounting broken for {scope}: input {c['input']} != kept + rejected + quarantined {accounted}"
+            )
     if manifest["input"] != total_input:
         raise RuntimeError(f"accounting broken: {total_input} input records but {manifest['input']} rows were read")
     write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -19,15 +19,26 @@ from models.config import TrainConfig
 
 class Input(Strict):
     path: str
-    source: str | None = Field(None, description="source name for every document of this input; default: the record's `source`, else the file name")
+    source: str | None = Field(
+        None,
+        description="source name for every document of this input; default: the record's `source`, else the file name",
+    )
 
 
 class Calibration(Strict):
-    labeled: list[str] = Field(description="labelled files; their val split picks the threshold, their test split measures it")
+    labeled: list[str] = Field(
+        description="labelled files; their val split picks the threshold, their test split measures it"
+    )
     label_field: str = "harmful"
-    reference: str | None = Field(None, description="benign reference model (a name under `models` or a path) for the contrastive score")
-    guard: str | None = Field(None, description="benign model of the filtered genre (e.g. web pages) for the out-of-domain guard")
-    web: list[str] | None = Field(None, description="unlabelled files of the filtered genre: their flag rate is reported")
+    reference: str | None = Field(
+        None, description="benign reference model (a name under `models` or a path) for the contrastive score"
+    )
+    guard: str | None = Field(
+        None, description="benign model of the filtered genre (e.g. web pages) for the out-of-domain guard"
+    )
+    web: list[str] | None = Field(
+        None, description="unlabelled files of the filtered genre: their flag rate is reported"
+    )
 
 
 class TrainingInput(Strict):
@@ -78,10 +89,14 @@ def _entry_model(entries: tuple[tuple[str, registry.StageKind], ...]) -> type[St
 
 
 class IndexSpec(Strict):
-    tokenizer: str | None = Field(None, description="a tokenizer.json; default: train a byte-level BPE on the kept documents")
+    tokenizer: str | None = Field(
+        None, description="a tokenizer.json; default: train a byte-level BPE on the kept documents"
+    )
     vocab: int = Field(32000, ge=257)
     shard_tokens: int = Field(500_000_000, ge=1)
-    dedup_min_tokens: int | None = Field(None, ge=1, description="exact-substring dedup: cut repeated spans of at least this many tokens")
+    dedup_min_tokens: int | None = Field(
+        None, ge=1, description="exact-substring dedup: cut repeated spans of at least this many tokens"
+    )
 
 
 class Job(Strict):
@@ -91,7 +106,9 @@ class Job(Strict):
     models_dir: str = Field("out/kenlm", description="KenLM model directories (data, outside the source tree)")
     models: dict[str, ModelTraining] = Field(default_factory=dict)
     stages: list[StageEntry] = Field(default_factory=list)
-    index: IndexSpec | None = Field(None, description="build an infini-gram index of the kept documents (the last step)")
+    index: IndexSpec | None = Field(
+        None, description="build an infini-gram index of the kept documents (the last step)"
+    )
     train: TrainConfig | None = Field(None, description="then train a language model on OUT/index into OUT/train")
     shard_docs: int = Field(1000, ge=1, description="documents per shard: the unit of work and of resume")
     batch_docs: int = Field(256, ge=1)

@@ -16,6 +16,8 @@ def train_step(spec: TrainConfig, out_dir: Path, address: str | None, log=print)
     from models.train import train  # torch: only for jobs that train
 
     summary = train(spec, out_dir / "index", out_dir / TRAIN_DIR, address=address, log=log)
-    log(f"trained {spec.arch} {spec.size} to step {summary['step']}: validation loss {summary['val_loss']:.4f}; "
-        f"checkpoint {summary['checkpoint']}")
+    log(
+        f"trained {spec.arch} {spec.size} to step {summary['step']}: validation loss {summary['val_loss']:.4f}; "
+        f"checkpoint {summary['checkpoint']}"
+    )
     return summary

@@ -86,8 +86,12 @@ def corpus_stats(index_dir: Path, tokens_trained: int) -> dict:
     shards = TokenShards(index_dir)
     train_docs = shards.split_docs("train")
     train_tokens = int((shards.doc_end[train_docs] - shards.doc_start[train_docs] + 1).sum())
-    return {"documents": len(shards.doc_ids), "train_documents": len(train_docs), "train_tokens": train_tokens,
-            "epochs": tokens_trained / train_tokens}
+    return {
+        "documents": len(shards.doc_ids),
+        "train_documents": len(train_docs),
+        "train_tokens": train_tokens,
+        "epochs": tokens_trained / train_tokens,
+    }
 
 
 def run(
@@ -129,8 +133,12 @@ def run(
             "seconds": round(time.perf_counter() - t0, 1),
         }
         cached.write_text(json.dumps(results[arm], indent=2) + "\n")
-    report = {"config": cfg.model_dump(mode="json"), "training_tokens": tokens, "arms": results,
-              "seconds": round(sum(r["seconds"] for r in results.values()), 1)}
+    report = {
+        "config": cfg.model_dump(mode="json"),
+        "training_tokens": tokens,
+        "arms": results,
+        "seconds": round(sum(r["seconds"] for r in results.values()), 1),
+    }
     if set(arms) == set(ARMS):
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (out_dir / "report.html").write_text(render_html(report))
@@ -186,13 +194,13 @@ def render_html(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>curated vs raw</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
 pre{{background:#f6f6f6;padding:6px}}</style></head><body>
-<h1>Curated vs raw: same model, seed and {report['training_tokens']:,} training tokens</h1>
+<h1>Curated vs raw: same model, seed and {report["training_tokens"]:,} training tokens</h1>
 <h2>Bits per byte on text neither model saw (lower is better)</h2><pre>{html.escape(summary_table(report))}</pre>
 <h2>Training data</h2><table><tr><th>arm</th><th>documents</th><th>train documents</th><th>train tokens</th>
 <th>epochs</th></tr>{corpus}</table>
 <h2>Loss curves</h2><img alt="training loss curves" src="data:image/png;base64,{png}">
 <h2>Per source</h2>{tables}
-<p>Training config: <code>{html.escape(json.dumps(report['config']))}</code>; {report['seconds']} s of training and
+<p>Training config: <code>{html.escape(json.dumps(report["config"]))}</code>; {report["seconds"]} s of training and
 evaluation (both arms).</p>
 </body></html>
 """

@@ -39,7 +39,9 @@ def models(tmp_path_factory) -> dict[str, str]:
     dirs = {name: str(root / name) for name in ("wiki", "harmful", "benign")}
     lm.train([lm.source(str(DATA / "wiki"))], dirs["wiki"], vocab=4000)
     lm.train([lm.source(DAVIDSON, {"harmful": True}, "train")], dirs["harmful"], vocab=4000)
-    lm.train([lm.source(DAVIDSON, {"harmful": False}, "train"), lm.source(str(DATA / "wiki"))], dirs["benign"], vocab=4000)
+    lm.train(
+        [lm.source(DAVIDSON, {"harmful": False}, "train"), lm.source(str(DATA / "wiki"))], dirs["benign"], vocab=4000
+    )
     harmful.calibrate_model(dirs["harmful"], [DAVIDSON], reference=dirs["benign"])
     return dirs
 

@@ -19,16 +19,25 @@ from models.merge import average_state_dicts, macro_merge, merge_checkpoints
 from models.registry import build_model
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-TINY = {"size": "tiny", "seq_len": 32, "batch_size": 4, "steps": 4, "warmup_steps": 1, "eval_every": 4,
-        "eval_batches": 1, "model": {"n_layer": 1, "n_head": 2, "n_embd": 16}}
+TINY = {
+    "size": "tiny",
+    "seq_len": 32,
+    "batch_size": 4,
+    "steps": 4,
+    "warmup_steps": 1,
+    "eval_every": 4,
+    "eval_batches": 1,
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+}
 
 
 def _models(n: int) -> list[torch.nn.Module]:
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        out.append(build_model("transformer", {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 16,
-                                               "vocab_size": 50}))
+        out.append(
+            build_model("transformer", {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 16, "vocab_size": 50})
+        )
     return out
 
 
@@ -79,14 +88,24 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _spec(corpus: Path, out: Path, inputs: list[str] | None = None) -> AblateSpec:
-    return AblateSpec.model_validate({
-        "name": "t", "output": str(out), "base": [str(corpus / "base")], "vocab": 300,
-        "seed_train": TINY, "partition_train": {"steps": 2, "lr": 0.001},
-        "partitions": {"inputs": inputs or [str(corpus / "*.jsonl")], "by": "domain"},
-        "mixtures": {"sizes": [2, 3], "real": 3, "weighted": [{"code": 2, "medical": 1}],
-                     "macro": [[["code", "medical"], ["literature"]]]},
-        "eval": {"windows": 4},
-    })
+    return AblateSpec.model_validate(
+        {
+            "name": "t",
+            "output": str(out),
+            "base": [str(corpus / "base")],
+            "vocab": 300,
+            "seed_train": TINY,
+            "partition_train": {"steps": 2, "lr": 0.001},
+            "partitions": {"inputs": inputs or [str(corpus / "*.jsonl")], "by": "domain"},
+            "mixtures": {
+                "sizes": [2, 3],
+                "real": 3,
+                "weighted": [{"code": 2, "medical": 1}],
+                "macro": [[["code", "medical"], ["literature"]]],
+            },
+            "eval": {"windows": 4},
+        }
+    )
 
 
 def _recording(log_dir: Path, fail: dict[str, int] | None = None):
@@ -124,13 +143,20 @@ def test_run_builds_pool_merges_and_reports(first_run):
         assert not card["reused"] and (out / "pool" / name / "checkpoint" / "model.safetensors").is_file()
         assert card["tokens"] == 2 * 4 * 32 and card["init_from"].endswith("seed/checkpoint")
     assert sorted(report["candidates"]) == sorted(
-        ["code+literature", "code+medical", "literature+medical", "code+literature+medical", "code*2+medical*1",
-         "(code+medical)+(literature)"])
+        [
+            "code+literature",
+            "code+medical",
+            "literature+medical",
+            "code+literature+medical",
+            "code*2+medical*1",
+            "(code+medical)+(literature)",
+        ]
+    )
     assert set(report["eval_sets"]) == {"code", "literature", "medical"}
     assert len(report["real"]) == 3
     for name, real in report["real"].items():  # k partitions: k times a partition's budget
         assert real["tokens"] == len(report["candidates"][name]["parts"]) * 2 * 4 * 32
-    for e, c in report["correlations"].items():
+    for _e, c in report["correlations"].items():
         assert c["mixtures"] == 3 and len(c["proxy"]) == 3
         assert c["pearson"] is None or -1 <= c["pearson"] <= 1
     html = (out / "report.html").read_text()
@@ -160,8 +186,20 @@ def test_merged_checkpoint_is_the_mean_and_curate_eval_reads_it(first_run, tmp_p
     first, second = (evaluate_model(out / "merged" / "code+medical", sets)["eval"] for _ in range(2))
     assert first == second == {"code": report["candidates"]["code+medical"]["eval"]["code"]}
     # a merged model is an ordinary checkpoint: curate eval reads it
-    assert main(["eval", str(out / "merged" / "code+medical"), "--data", str(out / "indexes" / "p-code"),
-                 "--max-docs", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out / "merged" / "code+medical"),
+                "--data",
+                str(out / "indexes" / "p-code"),
+                "--max-docs",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["overall"]["tokens"] > 0
 
 
@@ -174,8 +212,11 @@ def test_rerun_reuses_the_pool_and_a_new_partition_trains_only_its_model(first_r
     assert _calls(calls) == []  # nothing retrained: seed, pool and real models all reused
     assert all(c["reused"] for c in again["pool"].values())
     assert again["candidates"]["code+medical"]["eval"] == report["candidates"]["code+medical"]["eval"]
-    grown = run_ablation(_spec(corpus, copy, [str(corpus / "*.jsonl"), str(corpus / "new")]),
-                         log=lambda _: None, train_fn=_recording(calls))
+    grown = run_ablation(
+        _spec(corpus, copy, [str(corpus / "*.jsonl"), str(corpus / "new")]),
+        log=lambda _: None,
+        train_fn=_recording(calls),
+    )
     pool_calls = [c for c in _calls(calls) if c.startswith(("pool-", "seed-"))]
     assert pool_calls == ["pool-legal-0"]
     assert not grown["pool"]["legal"]["reused"] and grown["pool"]["code"]["reused"]
@@ -190,8 +231,9 @@ def test_failed_partition_is_reported_and_retried(first_run, corpus, tmp_path):
     calls = tmp_path / "calls"
     report = run_ablation(_spec(corpus, copy), log=lambda _: None, train_fn=_recording(calls, {"medical": 1}))
     assert [c for c in _calls(calls) if c.startswith("pool-")] == ["pool-medical-0", "pool-medical-1"]
-    assert report["retried"] == [{"model": "medical", "attempt": 1,
-                                  "error": "RuntimeError: injected failure of medical"}]
+    assert report["retried"] == [
+        {"model": "medical", "attempt": 1, "error": "RuntimeError: injected failure of medical"}
+    ]
     assert (copy / "pool" / "medical" / "card.json").is_file()
     # failing every attempt stops the run with an error that names the partition; the others stay
     shutil.rmtree(copy / "pool" / "medical")

@@ -180,8 +180,18 @@ def index(tmp_path_factory):
 @pytest.mark.parametrize("arch", ["based", "jrt", "h3", "block", "transformer+ngram"])
 def test_tiny_model_learns_on_the_demo_shards_and_curate_eval_scores_it(arch, index, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CURATE_KERNELS_COMPILE", "0")
-    cfg = TrainConfig(arch=arch, size="tiny", seq_len=64, batch_size=8, lr=3e-3, warmup_steps=5, steps=30,
-                      eval_every=30, checkpoint_every=30, log_every=30)
+    cfg = TrainConfig(
+        arch=arch,
+        size="tiny",
+        seq_len=64,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        steps=30,
+        eval_every=30,
+        checkpoint_every=30,
+        log_every=30,
+    )
     losses = train(cfg, index, tmp_path / "run", log=quiet)["losses"]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
     capsys.readouterr()
@@ -193,8 +203,10 @@ def test_tiny_model_learns_on_the_demo_shards_and_curate_eval_scores_it(arch, in
 @pytest.mark.parametrize("arch", ["based", "jrt", "h3", "block", "transformer+ngram"])
 def test_named_sizes_grow_to_about_125m(arch):
     with torch.device("meta"):  # shapes only: no memory, no initialisation work
-        counts = {name: count_parameters(build_model(arch, {**cfg, "vocab_size": 32000}))
-                  for name, cfg in model_configs(arch).items()}
+        counts = {
+            name: count_parameters(build_model(arch, {**cfg, "vocab_size": 32000}))
+            for name, cfg in model_configs(arch).items()
+        }
     assert list(counts) == ["tiny", "small", "mini", "125m"]
     assert sorted(counts.values()) == list(counts.values())
     assert 100e6 < counts["125m"] < 135e6, counts

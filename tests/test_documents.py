@@ -36,7 +36,7 @@ def test_each_bad_input_class_is_quarantined(tmp_path):
     ok = rows[0]
     assert ok["error"] is None and ok["text"] == "fine text" and ok["source"] == "web"
     assert ok["url"] == "http://x" and json.loads(ok["meta"]) == {"lang": "en"}
-    for row, (line, reason) in zip(rows[1:], BAD_LINES.items()):
+    for row, (_line, reason) in zip(rows[1:], BAD_LINES.items()):
         assert row["text"] is None
         assert reason in row["error"], (row["error"], reason)
         assert row["error"].startswith(f"mixed.jsonl row {row['input_row']}:")
@@ -67,7 +67,10 @@ def test_expand_inputs_errors_and_order(tmp_path):
     (tmp_path / "d").mkdir()
     for name in ("b.jsonl", "a.jsonl.gz"):
         (tmp_path / "d" / name).write_bytes(b"")
-    assert [p.name for p in expand_inputs([str(tmp_path / "d"), str(tmp_path / "d" / "*.jsonl")])] == ["a.jsonl.gz", "b.jsonl"]
+    assert [p.name for p in expand_inputs([str(tmp_path / "d"), str(tmp_path / "d" / "*.jsonl")])] == [
+        "a.jsonl.gz",
+        "b.jsonl",
+    ]
 
 
 def test_shards_cover_every_record_once(tmp_path):

@@ -43,8 +43,12 @@ def test_sources_are_grouped_and_overall_is_total_bits_over_total_bytes():
     web_bits = (-math.log2(0.6) + 2) + (-math.log2(0.6))  # "aba" and "a"
     wiki_bits = -math.log2(0.3) - math.log2(0.25)
     assert report["sources"]["web"] | {"bits_per_byte": None} == {
-        "docs": 2, "tokens": 4, "bytes": 4, "loss": pytest.approx(web_bits * math.log(2) / 4),
-        "perplexity": pytest.approx(2 ** (web_bits / 4)), "bits_per_byte": None,
+        "docs": 2,
+        "tokens": 4,
+        "bytes": 4,
+        "loss": pytest.approx(web_bits * math.log(2) / 4),
+        "perplexity": pytest.approx(2 ** (web_bits / 4)),
+        "bits_per_byte": None,
     }
     assert report["sources"]["web"]["bits_per_byte"] == pytest.approx(web_bits / 4)
     assert report["sources"]["wiki"]["bits_per_byte"] == pytest.approx(wiki_bits / 5)

@@ -80,8 +80,12 @@ def test_generate_is_reproducible_and_honours_the_sampling_options(trained, caps
     run, _ = trained
     outs = [run_cli(capsys, "generate", run, "The city", "--max-tokens", 12, "--temperature", 0)[1] for _ in range(2)]
     assert outs[0] == outs[1] and outs[0].startswith("The city") and len(outs[0]) > len("The city\n")
-    seeded = [run_cli(capsys, "generate", run, "The city", "--max-tokens", 12, "--typical-p", 0.5, "--top-k", 50,
-                      "--seed", 3)[1] for _ in range(2)]
+    seeded = [
+        run_cli(
+            capsys, "generate", run, "The city", "--max-tokens", 12, "--typical-p", 0.5, "--top-k", 50, "--seed", 3
+        )[1]
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1]
     rc, _, err = run_cli(capsys, "generate", run, "x", "--top-p", 2)
     assert rc == 2 and "--top-p must be in (0, 1]" in err

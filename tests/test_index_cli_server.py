@@ -23,8 +23,27 @@ from tests.index_support import DATA
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    assert main(["tokenizer", "train", "--input", str(DATA / "wiki"), "--out", str(root / "tok.json"), "--vocab", "3000"]) == 0
-    assert main(["index", "build", "--input", str(DATA / "wiki"), "--tokenizer", str(root / "tok.json"), "--out", str(root / "ix"), "--shard-tokens", "300000"]) == 0
+    assert (
+        main(["tokenizer", "train", "--input", str(DATA / "wiki"), "--out", str(root / "tok.json"), "--vocab", "3000"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--input",
+                str(DATA / "wiki"),
+                "--tokenizer",
+                str(root / "tok.json"),
+                "--out",
+                str(root / "ix"),
+                "--shard-tokens",
+                "300000",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -62,7 +81,18 @@ def test_build_writes_shards_and_card(built):
 
 def test_build_with_either_sorter_gives_the_same_tables(built, tmp_path):
     assert json.loads((built / "ix" / "index.json").read_text())["sorter"] == "libsais"  # auto, built by make setup
-    argv = ["index", "build", "--input", str(DATA / "wiki"), "--tokenizer", str(built / "tok.json"), "--out", str(tmp_path / "ix"), "--shard-tokens", "300000"]
+    argv = [
+        "index",
+        "build",
+        "--input",
+        str(DATA / "wiki"),
+        "--tokenizer",
+        str(built / "tok.json"),
+        "--out",
+        str(tmp_path / "ix"),
+        "--shard-tokens",
+        "300000",
+    ]
     assert main([*argv, "--sorter", "pydivsufsort"]) == 0
     card = json.loads((tmp_path / "ix" / "index.json").read_text())
     assert card["sorter"] == "pydivsufsort"
@@ -92,7 +122,10 @@ def test_cli_query_prints_engine_answers(built, capsys):
         (["index", "query", "{ix}", "ntd", "x", "--max-support", "0"], "max_support"),
         (["index", "query", "{ix}", "get_doc_by_rank", "--s", "0", "--rank", "-1"], "rank"),
         (["index", "build", "--input", "/nonexistent", "--tokenizer", "{tok}", "--out", "{tmp}/x"], "no such file"),
-        (["index", "build", "--input", "{data}", "--tokenizer", "/nonexistent.json", "--out", "{tmp}/x"], "does not exist"),
+        (
+            ["index", "build", "--input", "{data}", "--tokenizer", "/nonexistent.json", "--out", "{tmp}/x"],
+            "does not exist",
+        ),
         (["index", "build", "--input", "{data}", "--tokenizer", "{tok}", "--out", "{ix}"], "already exists"),
         (["tokenizer", "train", "--input", "{data}", "--out", "{tmp}/t.json", "--vocab", "10"], "at least 257"),
     ],
@@ -108,7 +141,12 @@ def test_cli_contamination_and_dedup(built, tmp_path, capsys):
     evals = tmp_path / "eval.jsonl"
     engine = Engine(built / "ix")
     corpus_doc = engine.detokenize(engine.get_doc_by_ix(3, 400)["token_ids"])
-    evals.write_text(json.dumps({"id": "copied", "text": corpus_doc}) + "\n" + json.dumps({"id": "fresh", "text": "Zebra quantum marmalade xylophone " * 5}) + "\n")
+    evals.write_text(
+        json.dumps({"id": "copied", "text": corpus_doc})
+        + "\n"
+        + json.dumps({"id": "fresh", "text": "Zebra quantum marmalade xylophone " * 5})
+        + "\n"
+    )
     assert main(["index", "contamination", str(built / "ix"), str(evals)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["id"] == "copied" and rows[0]["ngram_found_fraction"] == 1.0
@@ -122,9 +160,14 @@ def test_http_answers_match_the_engine(built, server):
     engine = Engine(built / "ix")
     ids = engine.tokenize(" the first time")
     status, out = _query(server, query_type="count", query=" the first time")
-    assert status == 200 and out["count"] == engine.count(ids)["count"] and out["token_ids"] == ids and out["latency"] >= 0
+    assert (
+        status == 200 and out["count"] == engine.count(ids)["count"] and out["token_ids"] == ids and out["latency"] >= 0
+    )
     status, out = _query(server, query_type="ntd", query_ids=ids[:-1], max_support=10)
-    assert status == 200 and {int(k): v for k, v in out["result_by_token_id"].items()} == engine.ntd(ids[:-1], 10)["result_by_token_id"]
+    assert (
+        status == 200
+        and {int(k): v for k, v in out["result_by_token_id"].items()} == engine.ntd(ids[:-1], 10)["result_by_token_id"]
+    )
     status, out = _query(server, query_type="infgram_prob", query_ids=ids)
     assert status == 200 and out["suffix_len"] == engine.infgram_prob(ids[:-1], ids[-1])["suffix_len"]
     status, out = _query(server, query_type="find", query_ids=ids)
@@ -165,13 +208,24 @@ def test_http_serves_concurrent_clients(built, server):
         assert status == 200 and out["count"] == expected[word]
 
 
-_ids = st.lists(st.one_of(st.integers(-5, 70000), st.just(2**64), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none()), max_size=8)
-_json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)
+_ids = st.lists(
+    st.one_of(
+        st.integers(-5, 70000), st.just(2**64), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none()
+    ),
+    max_size=8,
+)
+_json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
 _request = st.fixed_dictionaries(
     {},
     optional={
         "query_type": st.one_of(st.sampled_from(QUERY_TYPES), st.text(max_size=10), _json_value),
-        "query": st.one_of(st.text(max_size=60), st.sampled_from(["a AND b", "x OR y AND z", " AND ", "OR", " OR  OR "]), _json_value),
+        "query": st.one_of(
+            st.text(max_size=60), st.sampled_from(["a AND b", "x OR y AND z", " AND ", "OR", " OR  OR "]), _json_value
+        ),
         "query_ids": st.one_of(_ids, st.lists(st.lists(_ids, max_size=3), max_size=3), _json_value),
         "maxnum": st.one_of(st.integers(-3, 20), _json_value),
         "max_disp_len": st.one_of(st.integers(-3, 20000), _json_value),
@@ -185,10 +239,14 @@ _request = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(request=st.one_of(_request, _json_value))
 def test_http_fuzzed_requests_never_get_5xx(server, request):
-    status, out = _query(server, **request) if isinstance(request, dict) else _post(server, json.dumps(request).encode())
+    status, out = (
+        _query(server, **request) if isinstance(request, dict) else _post(server, json.dumps(request).encode())
+    )
     assert status in (200, 400), out
     assert status == 200 or out["error"]
 

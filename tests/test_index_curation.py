@@ -38,7 +38,14 @@ def test_dedup_matches_brute_force(tmp_path, seed, k, shard_tokens):
     planted = rng.integers(0, 4, size=15).tolist()
     for i in (5, 60, 61, 119):  # a long repeat across documents and shards
         docs[i] = docs[i][:3] + planted + docs[i][3:]
-    write_index(((d, {"metadata": {"id": f"d{i}"}}) for i, d in enumerate(docs)), tmp_path / "ix", vocab_size=10, eos_token_id=9, shard_tokens=shard_tokens, log=lambda m: None)
+    write_index(
+        ((d, {"metadata": {"id": f"d{i}"}}) for i, d in enumerate(docs)),
+        tmp_path / "ix",
+        vocab_size=10,
+        eos_token_id=9,
+        shard_tokens=shard_tokens,
+        log=lambda m: None,
+    )
     engine = Engine(tmp_path / "ix")
     assert (len(engine.shards) > 1) == (shard_tokens < 10**6)  # cross-shard repeats are covered too
     results = repeated_spans(engine, min_tokens=k)
@@ -66,7 +73,13 @@ def test_dedup_removes_a_repeated_paragraph_from_later_documents(tmp_path):
     cleaned = remove_spans(texts[3], Engine(tmp_path / "ix").tokenizer, table[3]["removed_spans"])
     assert paragraph[100:500] not in cleaned and texts[3][:150] in cleaned
     assert len(texts[3]) - len(cleaned) < len(paragraph) + 20
-    shard = pa.table({"id": [f"t{i}" for i in range(len(texts))], "text": pa.array(texts, pa.large_string()), "score": list(range(len(texts)))})
+    shard = pa.table(
+        {
+            "id": [f"t{i}" for i in range(len(texts))],
+            "text": pa.array(texts, pa.large_string()),
+            "score": list(range(len(texts))),
+        }
+    )
     deduped = dedup_documents(shard, tmp_path / "ix", min_tokens=50)
     assert deduped.column("text").to_pylist()[3] == cleaned and deduped.column("text").to_pylist()[0] == texts[0]
     assert deduped.column("dedup_removed_tokens").to_pylist() == [row["removed_tokens"] for row in table]
@@ -87,7 +100,11 @@ def text_index(tmp_path_factory):
 def test_longest_matches_match_counts(text_index):
     engine = text_index["engine"]
     rng = np.random.default_rng(0)
-    ids = engine.tokenize(text_index["texts"][7][:400]) + rng.integers(0, 2000, size=20).tolist() + engine.tokenize(" of the United States")
+    ids = (
+        engine.tokenize(text_index["texts"][7][:400])
+        + rng.integers(0, 2000, size=20).tolist()
+        + engine.tokenize(" of the United States")
+    )
     matches = longest_matches(engine, ids)
     for i in range(len(ids)):
         m = int(matches[i])
@@ -97,7 +114,11 @@ def test_longest_matches_match_counts(text_index):
 
 def test_contamination_report(text_index):
     engine, texts = text_index["engine"], text_index["texts"]
-    evals = [{"id": "in", "text": texts[2]}, {"id": "half", "text": texts[5][:800] + " Zygomorphic quokka parliament " * 30}, {"id": "short", "text": "Hi"}]
+    evals = [
+        {"id": "in", "text": texts[2]},
+        {"id": "half", "text": texts[5][:800] + " Zygomorphic quokka parliament " * 30},
+        {"id": "short", "text": "Hi"},
+    ]
     rows = list(contamination_report(engine, evals))
     assert rows[0]["ngram_found_fraction"] == 1.0 and rows[0]["longest_match_tokens"] == rows[0]["tokens"]
     assert 0.05 < rows[1]["ngram_found_fraction"] < 0.95
@@ -110,7 +131,10 @@ def test_infgram_perplexity_and_interpolation(text_index):
     scores = infgram_token_probs(engine, ids)
     for i in range(1, len(ids)):
         expected = ref.infgram_prob(ids[:i], ids[i])
-        assert scores["prob"][i - 1] == max(expected["prob"], 0.0) and scores["suffix_len"][i - 1] == expected["suffix_len"]
+        assert (
+            scores["prob"][i - 1] == max(expected["prob"], 0.0)
+            and scores["suffix_len"][i - 1] == expected["suffix_len"]
+        )
         suffix = ids[i - expected["suffix_len"] : i]
         assert scores["sparse"][i - 1] == (len(ref.ntd(suffix, max_support=10**9)["result_by_token_id"]) == 1)
     assert scores["sparse"].any() and (~scores["sparse"]).any()
@@ -118,4 +142,8 @@ def test_infgram_perplexity_and_interpolation(text_index):
     neural = np.full(len(ids) - 1, 1 / engine.card["vocab_size"])
     lambdas = fit_lambdas(scores, neural)
     assert 0 < lambdas[0] < 1 and 0 <= lambdas[1] < 1
-    assert interpolated_perplexity(scores, neural, lambdas) < interpolated_perplexity(scores, neural, (0.0, 0.0)) == pytest.approx(engine.card["vocab_size"])
+    assert (
+        interpolated_perplexity(scores, neural, lambdas)
+        < interpolated_perplexity(scores, neural, (0.0, 0.0))
+        == pytest.approx(engine.card["vocab_size"])
+    )

@@ -24,7 +24,9 @@ QUERIES = 1000
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     tok = small_tokenizer(root / "tok.json")
-    card = build_index([str(DATA / "web"), str(DATA / "wiki")], tok, root / "ix", shard_tokens=1_500_000, log=lambda m: None)
+    card = build_index(
+        [str(DATA / "web"), str(DATA / "wiki")], tok, root / "ix", shard_tokens=1_500_000, log=lambda m: None
+    )
     ours = Engine(root / "ix")
     tokens = [np.frombuffer(s.tokens, dtype="<u2") for s in ours.shards]
     return {"card": card, "ours": ours, "ref": official_engine(root / "ix", card["eos_token_id"]), "tokens": tokens}
@@ -131,7 +133,10 @@ def test_document_hits(corpus):
             for rank in range(start, end):
                 doc = ours.get_doc_by_rank(s, rank, disp)
                 assert _same_doc(doc, ref.get_doc_by_rank(s, rank, disp))
-                assert doc["token_ids"][doc["needle_offset"] : doc["needle_offset"] + len(ids)] == ids[: max(0, doc["disp_len"] - doc["needle_offset"])]
+                assert (
+                    doc["token_ids"][doc["needle_offset"] : doc["needle_offset"] + len(ids)]
+                    == ids[: max(0, doc["disp_len"] - doc["needle_offset"])]
+                )
                 checked += 1
         sample = ours.search_docs(ids, maxnum=3, max_disp_len=disp)
         assert sample["cnt"] == ref.search_docs(ids, maxnum=3, max_disp_len=disp)["cnt"] == found["cnt"]
@@ -156,7 +161,9 @@ def test_cnf_queries(corpus):
     ours, ref = corpus["ours"], corpus["ref"]
     nonzero = 0
     for _ in range(QUERIES):
-        cnf = [[ngram(rng.choice([1, 2, 2, 3])) for _ in range(rng.choice([1, 2]))] for _ in range(rng.choice([1, 2, 3]))]
+        cnf = [
+            [ngram(rng.choice([1, 2, 2, 3])) for _ in range(rng.choice([1, 2]))] for _ in range(rng.choice([1, 2, 3]))
+        ]
         diff = rng.choice([3, 20, 100])
         result = ours.find_cnf(cnf, max_clause_freq=10**9, max_diff_tokens=diff)
         assert result == ref.find_cnf(cnf, max_clause_freq=10**9, max_diff_tokens=diff), cnf
@@ -170,7 +177,9 @@ def test_cnf_queries(corpus):
 def test_hand_checked_small_index(tmp_path):
     """Repeats, document boundaries, empty documents and unseen queries, checked by hand."""
     docs = [[1, 2, 3, 1, 2], [1, 2], [], [5, 1]]
-    card = write_index(((d, {"n": i}) for i, d in enumerate(docs)), tmp_path / "ix", vocab_size=10, eos_token_id=9, log=lambda m: None)
+    card = write_index(
+        ((d, {"n": i}) for i, d in enumerate(docs)), tmp_path / "ix", vocab_size=10, eos_token_id=9, log=lambda m: None
+    )
     ours, ref = Engine(tmp_path / "ix"), official_engine(tmp_path / "ix", 9)
     assert card["tokens"] == 9 + 4  # tokens plus one separator per document
     assert ours.count([])["count"] == 13
@@ -181,7 +190,10 @@ def test_hand_checked_small_index(tmp_path):
     assert ours.prob([7], 1) == {"prompt_cnt": 0, "cont_cnt": 0, "prob": -1.0}
     assert ours.prob([1], 2) == {"prompt_cnt": 4, "cont_cnt": 3, "prob": 0.75}
     # after [1,2]: 3 once, and the end of a document (a separator, read as eos) twice
-    assert ours.ntd([1, 2])["result_by_token_id"] == {3: {"cont_cnt": 1, "prob": 1 / 3}, 9: {"cont_cnt": 2, "prob": 2 / 3}}
+    assert ours.ntd([1, 2])["result_by_token_id"] == {
+        3: {"cont_cnt": 1, "prob": 1 / 3},
+        9: {"cont_cnt": 2, "prob": 2 / 3},
+    }
     assert ours.ntd([5, 1])["result_by_token_id"] == {9: {"cont_cnt": 1, "prob": 1.0}}  # end of the shard reads as eos
     assert ours.infgram_prob([7, 3, 1], 2) == {"prompt_cnt": 1, "cont_cnt": 1, "prob": 1.0, "suffix_len": 2}
     assert ours.infgram_prob([8, 8], 1)["suffix_len"] == 0

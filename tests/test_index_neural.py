@@ -115,8 +115,18 @@ def test_perplexity_cli_fits_lambda_and_beats_the_neural_model_on_overlapping_te
     # held-out and eval: two indexed articles and two unseen ones each (their first 120 tokens)
     indexed, unseen = _texts(INDEXED, 4), _texts(UNSEEN, 4)
     for name, docs in (("heldout", indexed[:2] + unseen[:2]), ("eval", indexed[2:] + unseen[2:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": str(k), "text": t}) + "\n" for k, t in enumerate(docs)))
-    args = ["index", "perplexity", str(gemma_index["dir"]), "--heldout", str(tmp_path / "heldout.jsonl"), "--eval", str(tmp_path / "eval.jsonl")]
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": str(k), "text": t}) + "\n" for k, t in enumerate(docs))
+        )
+    args = [
+        "index",
+        "perplexity",
+        str(gemma_index["dir"]),
+        "--heldout",
+        str(tmp_path / "heldout.jsonl"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+    ]
     assert main([*args, "--max-tokens", "120", "--context", "128", "--threads", "1", "--json"]) == 0
     out, err = capsys.readouterr()
     report = json.loads(out)
@@ -138,7 +148,14 @@ def test_perplexity_cli_fits_lambda_and_beats_the_neural_model_on_overlapping_te
 def test_perplexity_refuses_an_index_with_another_tokenizer(tmp_path, capsys):
     texts = _texts(UNSEEN, 3)
     tok = train_tokenizer(texts, tmp_path / "tok.json", 400)
-    write_index(((ids, {}) for ids in tok.encode_batch(texts)), tmp_path / "ix", tok.vocab_size, tok.eos_token_id, tok, log=lambda m: None)
+    write_index(
+        ((ids, {}) for ids in tok.encode_batch(texts)),
+        tmp_path / "ix",
+        tok.vocab_size,
+        tok.eos_token_id,
+        tok,
+        log=lambda m: None,
+    )
     (tmp_path / "docs.jsonl").write_text(json.dumps({"id": "a", "text": texts[0]}) + "\n")
     docs = str(tmp_path / "docs.jsonl")
     assert main(["index", "perplexity", str(tmp_path / "ix"), "--heldout", docs, "--eval", docs, "--threads", "1"]) == 2

@@ -24,7 +24,14 @@ def naive_table(tokenized: bytes, width: int) -> bytes:
 
 
 def build_with(tmp_path, docs, vocab_size, sorter, name):
-    card = write_index(((d, {}) for d in docs), tmp_path / name, vocab_size=vocab_size, eos_token_id=0, log=lambda m: None, sorter=sorter)
+    card = write_index(
+        ((d, {}) for d in docs),
+        tmp_path / name,
+        vocab_size=vocab_size,
+        eos_token_id=0,
+        log=lambda m: None,
+        sorter=sorter,
+    )
     assert card["sorter"] == sorter
     return tmp_path / name
 
@@ -34,7 +41,9 @@ def test_sorters_agree_with_the_definition(tmp_path, ids, vocab_size):
     rng = np.random.default_rng(7)
     for trial in range(4):
         # few distinct ids and short documents: many long repeats and ties up to a separator
-        docs = [rng.choice(ids[: 2 + trial * 2], size=rng.integers(0, 12)).tolist() for _ in range(int(rng.integers(1, 60)))]
+        docs = [
+            rng.choice(ids[: 2 + trial * 2], size=rng.integers(0, 12)).tolist() for _ in range(int(rng.integers(1, 60)))
+        ]
         tables = {}
         for sorter in ("libsais", "pydivsufsort"):
             index = build_with(tmp_path, docs, vocab_size, sorter, f"{sorter}-{trial}")
@@ -46,8 +55,13 @@ def test_sorters_agree_with_the_definition(tmp_path, ids, vocab_size):
 def test_sorters_agree_on_a_longer_text(tmp_path):
     rng = np.random.default_rng(3)
     text = rng.integers(0, 32000, size=3000)
-    docs = [text[i : i + n].tolist() for i, n in zip(rng.integers(0, 2900, 400), rng.integers(1, 100, 400))]  # overlapping cuts
-    tables = [shard_path(build_with(tmp_path, docs, 32000, s, s), "table", 0).read_bytes() for s in ("libsais", "pydivsufsort")]
+    docs = [
+        text[i : i + n].tolist() for i, n in zip(rng.integers(0, 2900, 400), rng.integers(1, 100, 400))
+    ]  # overlapping cuts
+    tables = [
+        shard_path(build_with(tmp_path, docs, 32000, s, s), "table", 0).read_bytes()
+        for s in ("libsais", "pydivsufsort")
+    ]
     assert tables[0] == tables[1]
 
 
@@ -72,7 +86,14 @@ def test_ids_beyond_libsais_rank_table_fall_back_under_auto(tmp_path):
     tokenized = shard_path(tmp_path / "auto", "tokenized", 0).read_bytes()
     assert shard_path(tmp_path / "auto", "table", 0).read_bytes() == naive_table(tokenized, 4)
     with pytest.raises(SortError, match="token ids of 2\\^24 or more") as error:
-        write_index(((d, {}) for d in docs), tmp_path / "forced", vocab_size=2**31, eos_token_id=0, log=lambda m: None, sorter="libsais")
+        write_index(
+            ((d, {}) for d in docs),
+            tmp_path / "forced",
+            vocab_size=2**31,
+            eos_token_id=0,
+            log=lambda m: None,
+            sorter="libsais",
+        )
     assert type(error.value) is SortError and "ray::" not in str(error.value)  # the task's error, not Ray's wrapper
     assert not (tmp_path / "forced").exists() and not (tmp_path / ".forced.building").exists()
 

@@ -19,12 +19,21 @@ FQ, FK = (taylor_feature_map(torch.randn(1, 2, 40, 4, generator=g)) for _ in ran
 V = torch.randn(1, 2, 40, 8, generator=g)
 
 CASES = {
-    "rms_norm": (lambda x, w, r: rms_norm(x, w, 1e-6, r, backend="torch")[0],
-                 lambda x, w, r: rms_norm_reference(x, w, 1e-6, r)[0], (X, W, RES)),
-    "rotary": (lambda q: apply_rotary(q, COS, SIN, backend="torch"),
-               lambda q: apply_rotary_reference(q, COS, SIN), (Q,)),
-    "linear_attention": (lambda q, k, v: linear_attention(q, k, v, chunk=16, backend="torch")[0],
-                         lambda q, k, v: linear_attention(q, k, v, backend="reference")[0], (FQ, FK, V)),
+    "rms_norm": (
+        lambda x, w, r: rms_norm(x, w, 1e-6, r, backend="torch")[0],
+        lambda x, w, r: rms_norm_reference(x, w, 1e-6, r)[0],
+        (X, W, RES),
+    ),
+    "rotary": (
+        lambda q: apply_rotary(q, COS, SIN, backend="torch"),
+        lambda q: apply_rotary_reference(q, COS, SIN),
+        (Q,),
+    ),
+    "linear_attention": (
+        lambda q, k, v: linear_attention(q, k, v, chunk=16, backend="torch")[0],
+        lambda q, k, v: linear_attention(q, k, v, backend="reference")[0],
+        (FQ, FK, V),
+    ),
 }
 
 

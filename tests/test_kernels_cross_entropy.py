@@ -22,8 +22,10 @@ def _check(x, w, target, backend: str, chunk_rows: int | None) -> None:
     """Mean and per-token losses and dx, dW (through both outputs) against the full-logits reference."""
     upstream = torch.randn(x.shape[0], generator=torch.Generator().manual_seed(1)).to(x.device)
     results = []
-    for fn in (lambda: linear_cross_entropy(x, w, target, chunk_rows=chunk_rows, backend=backend),
-               lambda: linear_cross_entropy_reference(x, w, target)):
+    for fn in (
+        lambda: linear_cross_entropy(x, w, target, chunk_rows=chunk_rows, backend=backend),
+        lambda: linear_cross_entropy_reference(x, w, target),
+    ):
         mean, per_token = fn()
         results.append((mean, per_token, *torch.autograd.grad(mean + (per_token * upstream).sum(), [x, w])))
     for name, got, want in zip(("mean", "per_token", "dx", "dW"), *results):
@@ -71,8 +73,10 @@ def test_peak_memory_never_holds_the_logits():
     logits_bytes = n * V * 4
     x, w, target = _inputs(n, d, V)
     peaks = {}
-    for name, fn in (("fused", lambda: linear_cross_entropy(x, w, target, backend="torch")[0]),
-                     ("plain", lambda: F.cross_entropy(x @ w.T, target))):
+    for name, fn in (
+        ("fused", lambda: linear_cross_entropy(x, w, target, backend="torch")[0]),
+        ("plain", lambda: F.cross_entropy(x @ w.T, target)),
+    ):
         with PeakMemory() as mem:
             fn().backward()
         peaks[name] = mem

@@ -68,8 +68,9 @@ def test_prefix_mode_matches_fla_linear_attention_with_initial_state():
     state = prefix_state(taylor_feature_map(ke).relu(), ve)
     o, _ = linear_attention(fq, fk, v, state, eps=1e-10, backend="triton", chunk=16)
     t = lambda x: x.transpose(1, 2)  # noqa: E731  fla lays tensors out (B, T, H, D)
-    want, _ = naive.naive_recurrent_linear_attn(t(fq), t(fk), t(v), scale=1.0,
-                                                initial_state=(state.kv, state.z[:, None]), normalize=True)
+    want, _ = naive.naive_recurrent_linear_attn(
+        t(fq), t(fk), t(v), scale=1.0, initial_state=(state.kv, state.z[:, None]), normalize=True
+    )
     assert_close("o", o, t(want))
 
 

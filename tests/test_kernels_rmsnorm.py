@@ -25,8 +25,10 @@ def _check(shape: tuple[int, ...], backend: str, with_residual: bool) -> None:
     residual = residual if with_residual else None
     inputs = [x, weight] + ([residual] if with_residual else [])
     results = []
-    for fn in (lambda: rms_norm(x, weight, 1e-6, residual, backend=backend),
-               lambda: _oracle(x, weight, 1e-6, residual)):
+    for fn in (
+        lambda: rms_norm(x, weight, 1e-6, residual, backend=backend),
+        lambda: _oracle(x, weight, 1e-6, residual),
+    ):
         y, h = fn()
         # gradients through both outputs, as a pre-norm block uses them (h goes on as the residual stream)
         results.append([y, h, *torch.autograd.grad((y * up_y).sum() + (h * up_h).sum(), inputs)])

@@ -4,7 +4,6 @@ rephrase, rate and select, including an endpoint that fails."""
 
 import gzip
 import json
-
 import os
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import polars as pl
 import pytest
 
 from curate.llm.chunking import chunk_text, head_and_tail, sentence_spans
+from curate.llm.config import RateConfig, RephraseConfig
 from curate.llm.generation import vllm_config
 from curate.llm.prompts import CRITERIA
 from curate.llm.server import LocalServer, free_port
-from curate.llm.config import RateConfig, RephraseConfig
 from curate.llm.stages import RateStage, RephraseStage
 from curate.local_model import GEMMA_NAME, gemma_path
 from curate.tokenizer import load_tokenizer
@@ -45,7 +44,12 @@ def _llama_servers() -> list[int]:
     mine = {os.getpid()}
     for _ in range(10):
         mine |= {p for p, pp in parent.items() if pp in mine}
-    return [p for p in mine if "curate.llm.llama_server" in cmd.get(p, "") and " Z " not in (Path(f"/proc/{p}/stat").read_text() if Path(f"/proc/{p}/stat").exists() else "")]
+    return [
+        p
+        for p in mine
+        if "curate.llm.llama_server" in cmd.get(p, "")
+        and " Z " not in (Path(f"/proc/{p}/stat").read_text() if Path(f"/proc/{p}/stat").exists() else "")
+    ]
 
 
 def _read(out, sub) -> pl.DataFrame:
@@ -96,11 +100,19 @@ def test_long_documents_keep_their_head_and_tail_tokens():
 
 
 def test_vllm_backend_is_a_processor_config():
-    config = vllm_config(RateStage(RateConfig(backend="vllm", llm="RuPeng/DataMan-1.5B-EN", batch_size=32, concurrency=2)).config)
+    config = vllm_config(
+        RateStage(RateConfig(backend="vllm", llm="RuPeng/DataMan-1.5B-EN", batch_size=32, concurrency=2)).config
+    )
     assert type(config).__name__ == "vLLMEngineProcessorConfig"
-    assert (config.model_source, config.batch_size, config.should_continue_on_error) == ("RuPeng/DataMan-1.5B-EN", 32, True)
+    assert (config.model_source, config.batch_size, config.should_continue_on_error) == (
+        "RuPeng/DataMan-1.5B-EN",
+        32,
+        True,
+    )
     assert config.engine_kwargs["max_model_len"] == 4096
-    stage = RephraseStage(RephraseConfig(backend="vllm", llm="mistralai/Mistral-7B-Instruct-v0.2", sampling={"typical_p": 0.9}))
+    stage = RephraseStage(
+        RephraseConfig(backend="vllm", llm="mistralai/Mistral-7B-Instruct-v0.2", sampling={"typical_p": 0.9})
+    )
     with pytest.raises(ValueError, match="typical_p"):
         from curate.llm.generation import _vllm_pass
 
@@ -123,9 +135,13 @@ def _inputs(root) -> list[dict]:
 def llm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm")
     job = {
-        "name": "llm-test", "inputs": _inputs(root), "shard_docs": 50, "batch_docs": 8, "workers": 1, "max_doc_bytes": 200_000,
+        "name": "llm-test", "inputs": _inputs(root), "shard_docs": 50, "batch_docs": 8, "workers": 1,
+        "max_doc_bytes": 200_000,
         "stages": [
-            {"rephrase": {"styles": ["medium", "qa"], "chunk_tokens": 60, "n_ctx": 2048, "sampling": {"max_tokens": 32, "temperature": 0.7, "typical_p": 0.9, "seed": 7}}},
+            {"rephrase": {
+                "styles": ["medium", "qa"], "chunk_tokens": 60, "n_ctx": 2048,
+                "sampling": {"max_tokens": 32, "temperature": 0.7, "typical_p": 0.9, "seed": 7},
+            }},
             {"rate": {"max_tokens": 40, "keep_tokens": 256, "n_ctx": 2048}},
             {"select": {"strategy": "top_k", "criterion": "overall", "budget_fraction": 0.5}},
         ],
@@ -143,13 +159,18 @@ def test_every_document_is_accounted_for_and_no_server_is_left(llm_run):
     assert len(kept) == m["kept"] + m["synthetic"]
     assert not _llama_servers()
     llm = json.loads((out / "report.json").read_text())["llm"]  # the report shows ratings and rephrases
-    assert all(sum(counts) == llm["rated"] for counts in llm["criteria"].values()) and sum(llm["domains"].values()) == llm["rated"]
+    assert (
+        all(sum(counts) == llm["rated"] for counts in llm["criteria"].values())
+        and sum(llm["domains"].values()) == llm["rated"]
+    )
     assert len(llm["rephrases"]) == min(3, m["synthetic"]) and "LLM stages" in (out / "report.html").read_text()
 
 
 def test_rate_fills_every_dataman_column(llm_run):
     out, m = llm_run
-    docs = pl.concat([_read(out, "kept"), _read(out, "rejected")], how="diagonal_relaxed").filter(pl.col("parent_id").is_null() if "parent_id" in _read(out, "kept").columns else pl.lit(True))
+    docs = pl.concat([_read(out, "kept"), _read(out, "rejected")], how="diagonal_relaxed").filter(
+        pl.col("parent_id").is_null() if "parent_id" in _read(out, "kept").columns else pl.lit(True)
+    )
     assert len(docs) == 4
     # the grammar holds Gemma to the layout, so every document is rated; the values are its own
     assert docs["dataman_error"].is_null().all(), docs["dataman_error"].to_list()
@@ -185,7 +206,12 @@ def test_select_keeps_the_budget_and_says_why(llm_run):
     select = next(s for s in m["stages"] if s["stage"] == "select")
     assert select["budget_tokens"] == round(0.5 * select["rated_tokens"])
     assert m["rejected"]["select"] >= 1
-    assert _read(out, "rejected").filter(pl.col("reject_stage") == "select")["reject_reason"].str.contains("not selected").all()
+    assert (
+        _read(out, "rejected")
+        .filter(pl.col("reject_stage") == "select")["reject_reason"]
+        .str.contains("not selected")
+        .all()
+    )
 
 
 def test_a_failing_endpoint_marks_rows_and_loses_none(tmp_path):
@@ -193,7 +219,10 @@ def test_a_failing_endpoint_marks_rows_and_loses_none(tmp_path):
     job = {
         "name": "llm-down", "inputs": _inputs(tmp_path), "workers": 1, "max_doc_bytes": 200_000,
         "stages": [
-            {"rate": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1", "llm": "none", "tokenizer": gemma_path(), "max_retries": 1, "retries": 0}},
+            {"rate": {
+                "backend": "openai", "url": f"http://127.0.0.1:{port}/v1", "llm": "none", "tokenizer": gemma_path(),
+                "max_retries": 1, "retries": 0,
+            }},
             {"select": {"strategy": "uniform", "budget_fraction": 1.0}},
         ],
     }  # fmt: skip
@@ -232,7 +261,12 @@ def test_rephrased_shards_are_written_while_another_waits_for_answers(tmp_path):
                     break
                 await asyncio.sleep(0.1)
             seen["a_shard_was_written"].append(any(work.glob("shard-*.parquet")))
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Put simply, it is a short text."}}], "usage": {"completion_tokens": 8}})
+        return web.json_response(
+            {
+                "choices": [{"message": {"role": "assistant", "content": "Put simply, it is a short text."}}],
+                "usage": {"completion_tokens": 8},
+            }
+        )
 
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(web.Application())
@@ -242,10 +276,16 @@ def test_rephrased_shards_are_written_while_another_waits_for_answers(tmp_path):
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     threading.Thread(target=loop.run_forever, daemon=True).start()
     texts = ["A short note about rivers.", "Bridges cross rivers.", "A zebra has stripes.", "Every zebra grazes."]
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
     job = {
-        "name": "llm-stream", "inputs": [{"path": str(tmp_path / "docs.jsonl")}], "shard_docs": 2, "batch_docs": 2, "workers": 1,
-        "stages": [{"rephrase": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1", "llm": "scripted", "tokenizer": gemma_path(), "styles": ["easy", "qa"], "batch_size": 2}}],
+        "name": "llm-stream", "inputs": [{"path": str(tmp_path / "docs.jsonl")}], "shard_docs": 2, "batch_docs": 2,
+        "workers": 1,
+        "stages": [{"rephrase": {
+            "backend": "openai", "url": f"http://127.0.0.1:{port}/v1", "llm": "scripted", "tokenizer": gemma_path(),
+            "styles": ["easy", "qa"], "batch_size": 2,
+        }}],
     }  # fmt: skip
     (tmp_path / "job.yaml").write_text(json.dumps(job))
     try:

@@ -31,7 +31,10 @@ async def _exchange(routes, payloads, retries=2):
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         async with Transport(max_retries=retries, timeout_s=5, backoff_s=0.01) as t:
-            replies = [t.post(f"http://127.0.0.1:{port}{path}", {"Content-Type": "application/json"}, json.dumps(p)) for path, p in payloads]
+            replies = [
+                t.post(f"http://127.0.0.1:{port}{path}", {"Content-Type": "application/json"}, json.dumps(p))
+                for path, p in payloads
+            ]
             return [await (await r).json() for r in replies]
     finally:
         await runner.cleanup()
@@ -56,9 +59,24 @@ def test_transport_retries_then_answers_marks_failures_and_skips_rows_without_re
         return web.json_response({"unexpected": True})
 
     routes = [web.post("/flaky", flaky), web.post("/down", down), web.post("/bad", bad), web.post("/garbled", garbled)]
-    replies = asyncio.run(_exchange(routes, [("/flaky", {"x": 1, NO_REQUEST: False}), ("/down", {"x": 2}), ("/bad", {"x": 3}), ("/garbled", {"x": 4}), ("/bad", {"x": 5, NO_REQUEST: True})]))
+    replies = asyncio.run(
+        _exchange(
+            routes,
+            [
+                ("/flaky", {"x": 1, NO_REQUEST: False}),
+                ("/down", {"x": 2}),
+                ("/bad", {"x": 3}),
+                ("/garbled", {"x": 4}),
+                ("/bad", {"x": 5, NO_REQUEST: True}),
+            ],
+        )
+    )
     assert replies[0] == {"answer": "fine", "error": None, "tokens": 3} and calls["flaky"] == 3
-    assert replies[1]["answer"] is None and "after 3 attempts: HTTP 503: still busy" in replies[1]["error"] and calls["down"] == 3
+    assert (
+        replies[1]["answer"] is None
+        and "after 3 attempts: HTTP 503: still busy" in replies[1]["error"]
+        and calls["down"] == 3
+    )
     assert "after 1 attempts: HTTP 400: prompt too long" in replies[2]["error"]  # not retryable
     assert "unreadable completion" in replies[3]["error"]
     assert replies[4] == {"answer": None, "error": None, "tokens": 0}  # no request made
@@ -67,7 +85,9 @@ def test_transport_retries_then_answers_marks_failures_and_skips_rows_without_re
 def test_transport_marks_an_unreachable_endpoint():
     async def go():
         async with Transport(max_retries=1, timeout_s=2, backoff_s=0.01) as t:
-            return await (await t.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", {}, json.dumps({"x": 1}))).json()
+            return await (
+                await t.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", {}, json.dumps({"x": 1}))
+            ).json()
 
     reply = asyncio.run(go())
     assert reply["answer"] is None and "after 2 attempts: ClientConnectorError" in reply["error"]
@@ -80,14 +100,24 @@ def test_transport_asks_many_prompts_of_a_row_and_marks_the_one_that_failed():
         body = await request.json()
         seen.append(body)
         prompt = body["messages"][-1]["content"]
-        return web.Response(status=400, text="refused") if prompt == "two" else web.json_response(_completion(prompt.upper()))
+        return (
+            web.Response(status=400, text="refused")
+            if prompt == "two"
+            else web.json_response(_completion(prompt.upper()))
+        )
 
-    payload = {"model": "m", "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": ""}], MANY: json.dumps(["one", "two", "three"])}
+    payload = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": ""}],
+        MANY: json.dumps(["one", "two", "three"]),
+    }
     [reply] = asyncio.run(_exchange([web.post("/chat", chat)], [("/chat", payload)]))
     assert json.loads(reply["answer"]) == ["ONE", None, "THREE"] and reply["tokens"] == 6
     errors = json.loads(reply["error"])
     assert errors[0] is None and errors[2] is None and "after 1 attempts: HTTP 400: refused" in errors[1]
-    assert len(seen) == 3 and all(MANY not in b and b["messages"][0] == {"role": "system", "content": "sys"} for b in seen)
+    assert len(seen) == 3 and all(
+        MANY not in b and b["messages"][0] == {"role": "system", "content": "sys"} for b in seen
+    )
 
 
 def test_vllm_rows_regroup_into_the_documents_many_gives():
@@ -101,7 +131,9 @@ def test_vllm_rows_regroup_into_the_documents_many_gives():
     assert rows[PROMPT].to_pylist() == ["e0", "e1", "q0", "q1", None]
     answers = [f"Said simply {p}." if p != "q1" else None for p in rows[PROMPT].to_pylist()]
     errors = [None, None, None, "engine failed", None]
-    rows = rows.append_column(ANSWER, pa.array(answers, pa.large_string())).append_column(ERROR, pa.array(errors, pa.string()))
+    rows = rows.append_column(ANSWER, pa.array(answers, pa.large_string())).append_column(
+        ERROR, pa.array(errors, pa.string())
+    )
     rows = rows.append_column(TOKENS, pa.array([3, 3, 3, 0, 0], pa.int64()))
     shuffled = rows.take([3, 0, 2, 1])  # document 0's rows, out of order
     doc0 = _row_per_document(shuffled)
@@ -128,7 +160,12 @@ def _ratings(n=400, seed=0) -> pl.DataFrame:
     unrated = pl.col("id").is_in(["d0", "d1"])
     return df.with_columns(
         [pl.when(unrated).then(None).otherwise(pl.col(c)).alias(c) for c in [*selection.SCORES, "dataman_domain"]]
-        + [pl.when(unrated).then(pl.lit("unparseable answer: x")).otherwise(pl.col("dataman_error")).alias("dataman_error")]
+        + [
+            pl.when(unrated)
+            .then(pl.lit("unparseable answer: x"))
+            .otherwise(pl.col("dataman_error"))
+            .alias("dataman_error")
+        ]
     )
 
 
@@ -155,7 +192,10 @@ def test_selection_within_budget_and_stratified(strategy):
         pool = df.filter(pl.col("dataman_overall").is_not_null())
         for stratum, c in params["strata"].items():
             source, domain = stratum.split("/")
-            share = pool.filter((pl.col("source") == source) & (pl.col("dataman_domain") == domain))["dataman_tokens"].sum() / pool["dataman_tokens"].sum()
+            share = (
+                pool.filter((pl.col("source") == source) & (pl.col("dataman_domain") == domain))["dataman_tokens"].sum()
+                / pool["dataman_tokens"].sum()
+            )
             assert c["budget"] == pytest.approx(params["budget_tokens"] * share, abs=1)
             assert c["budget"] <= c["tokens"] < c["budget"] + 500
 
@@ -164,9 +204,12 @@ def test_top_k_takes_the_highest_scores_in_each_stratum():
     df = _ratings()
     params, chosen, out = _select(df, strategy="top_k", criterion="coherence", budget_fraction=0.3)
     both = out.with_columns(chosen=pl.col("_reason").is_null()).filter(pl.col("dataman_overall").is_not_null())
-    for (stratum,), part in both.group_by(pl.format("{}/{}", "source", "dataman_domain")):
+    for (_stratum,), part in both.group_by(pl.format("{}/{}", "source", "dataman_domain")):
         if part["chosen"].any() and (~part["chosen"]).any():
-            assert part.filter("chosen")["dataman_coherence"].min() >= part.filter(~pl.col("chosen"))["dataman_coherence"].max()
+            assert (
+                part.filter("chosen")["dataman_coherence"].min()
+                >= part.filter(~pl.col("chosen"))["dataman_coherence"].max()
+            )
 
 
 def test_sum_ranks_by_all_fourteen_and_selection_is_reproducible():
@@ -177,7 +220,10 @@ def test_sum_ranks_by_all_fourteen_and_selection_is_reproducible():
     assert chosen.select(total.min()).item() >= rest.select(total.max()).item()
     assert _select(df, strategy="sum", budget_tokens=5000, stratify=False)[1]["id"].to_list() == chosen["id"].to_list()
     other_seed = _select(df, strategy="uniform", budget_tokens=5000, stratify=False, seed=7)[1]
-    assert other_seed["id"].to_list() != _select(df, strategy="uniform", budget_tokens=5000, stratify=False, seed=8)[1]["id"].to_list()
+    assert (
+        other_seed["id"].to_list()
+        != _select(df, strategy="uniform", budget_tokens=5000, stratify=False, seed=8)[1]["id"].to_list()
+    )
 
 
 def test_select_needs_ratings():
@@ -198,7 +244,9 @@ def test_distilled_rater_learns_ratings_and_rates_like_the_llm_stage(tmp_path):
         words = rng.choice(good if q else bad, 12).tolist() + rng.choice(["the", "a", "of", "and"], 8).tolist()
         rows.append({"id": f"d{i}", "text": " ".join(rng.permutation(words)), "dataman_domain": "E" if q else "L",
                      **{f"dataman_{c}": (5 if q else 1) for c in selection.CRITERIA}})  # fmt: skip
-    pl.DataFrame(rows).with_columns([pl.col(c).cast(pl.Int8) for c in selection.SCORES]).write_parquet(tmp_path / "rated.parquet")
+    pl.DataFrame(rows).with_columns([pl.col(c).cast(pl.Int8) for c in selection.SCORES]).write_parquet(
+        tmp_path / "rated.parquet"
+    )
     card = distill([str(tmp_path / "rated.parquet")], str(tmp_path / "rater"))
     assert card["documents"] == 120 and card["held_out"] == 24
     assert card["agreement_with_llm"]["overall"] == {"accuracy": 1.0, "spearman": 1.0}
@@ -206,7 +254,9 @@ def test_distilled_rater_learns_ratings_and_rates_like_the_llm_stage(tmp_path):
 
     import pyarrow as pa
 
-    batch = pa.table({"text": ["clear precise informative text", "buy cheap spam now", None], "error": [None, None, "bad record"]})
+    batch = pa.table(
+        {"text": ["clear precise informative text", "buy cheap spam now", None], "error": [None, None, "bad record"]}
+    )
     out = DistilledActor(str(tmp_path / "rater"), gemma_path(), 947)(batch)
     assert out["dataman_overall"].to_pylist() == [5, 1, None] and out["dataman_domain"].to_pylist() == ["E", "L", None]
     assert out["dataman_tokens"].to_pylist()[2] is None and out["dataman_tokens"].to_pylist()[0] > 0

@@ -28,16 +28,42 @@ def cluster(tmp_path):
     gcs, dashboard = _free_port(), _free_port()
     # Ports of its own for every service: another Ray on this machine (an earlier test's) holds
     # the defaults, and a head whose dashboard agent cannot bind never takes jobs.
-    own_ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        "node-manager-port", "object-manager-port", "ray-client-server-port")]
+    own_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "node-manager-port",
+            "object-manager-port",
+            "ray-client-server-port",
+        )
+    ]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     temp = Path("/tmp") / f"ray-cluster-{os.getpid()}"
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}", *own_ports],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+            *own_ports,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -61,9 +87,26 @@ def test_demo_job_through_ray_job_submit(cluster, tmp_path):
     address, env = cluster
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "curate", "run", "jobs/demo.yaml", "--out", str(out)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--",
+            "curate",
+            "run",
+            "jobs/demo.yaml",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log

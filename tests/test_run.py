@@ -114,7 +114,14 @@ def test_other_config_in_same_output_is_refused(run, inputs, models, tmp_path):
 
 
 def _curate(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "curate.cli", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "curate.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_after_kill_equals_uninterrupted_run(models, tmp_path):
@@ -175,7 +182,11 @@ def test_calibrated_card_and_scoring_cli(models):
 def test_calibrate_without_labels_finds_the_valley(models, tmp_path):
     """Harmful tweets score low under the harmful model and Wikipedia articles high: the valley
     threshold falls between the two groups."""
-    tweets = [d for d in read_texts([str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")]) if d["harmful"] and split_of(d["id"]) == "test"][:1500]
+    tweets = [
+        d
+        for d in read_texts([str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")])
+        if d["harmful"] and split_of(d["id"]) == "test"
+    ][:1500]
     wiki = list(read_texts([str(REPO / "data" / "wiki")]))
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in tweets + wiki * 5))

@@ -24,7 +24,16 @@ def test_dedup_then_index(tmp_path):
     inputs = tmp_path / "docs.jsonl"
     inputs.write_text("".join(json.dumps(d) + "\n" for d in docs))
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({"name": "idx", "inputs": [{"path": str(inputs)}], "shard_docs": 10, "index": {"vocab": 2000, "dedup_min_tokens": 20}}))
+    job.write_text(
+        json.dumps(
+            {
+                "name": "idx",
+                "inputs": [{"path": str(inputs)}],
+                "shard_docs": 10,
+                "index": {"vocab": 2000, "dedup_min_tokens": 20},
+            }
+        )
+    )
     manifest = run_job(load_job(job), out=tmp_path / "out")
 
     assert manifest["input"] == 32 and manifest["rejected"] == {"dedup": 1}
@@ -49,7 +58,9 @@ def test_dedup_drops_emptied_synthetic_documents_without_charging_the_input(tmp_
     with gzip.open(DATA / "web" / "openwebtext_1k.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(next(f)) for _ in range(8)]
     rows = [{"id": d["id"], "text": d["text"], "source": "owt", "parent_id": None} for d in docs]
-    rows.append({"id": "owt-0001#wrap-qa", "text": docs[1]["text"], "source": "owt", "parent_id": "owt-0001"})  # a rephrase that copied its parent
+    rows.append(
+        {"id": "owt-0001#wrap-qa", "text": docs[1]["text"], "source": "owt", "parent_id": "owt-0001"}
+    )  # a rephrase that copied its parent
     rows.append({"id": "copy-of-2", "text": docs[2]["text"], "source": "owt", "parent_id": None})
     kept = pl.DataFrame(rows)
     part = tmp_path / "kept" / "part-00000.parquet"
@@ -57,12 +68,18 @@ def test_dedup_drops_emptied_synthetic_documents_without_charging_the_input(tmp_
     kept.write_parquet(part)
     split = RunResult(
         files={"kept/part-00000.parquet": {"rows": len(kept)}}, params=[], seconds={}, scores=pl.DataFrame(),
-        kept=kept.drop("text"), rejected=pl.DataFrame(), quarantine=pl.DataFrame(), synthetic=kept.filter(pl.col("parent_id").is_not_null()).drop("text"),
+        kept=kept.drop("text"), rejected=pl.DataFrame(), quarantine=pl.DataFrame(),
+        synthetic=kept.filter(pl.col("parent_id").is_not_null()).drop("text"),
     )  # fmt: skip
     result = index_outputs(IndexSpec(vocab=1000, dedup_min_tokens=20), tmp_path, split, log=lambda *_: None)
     assert result.index["dedup"]["documents_rejected"] == 1 and result.index["dedup"]["synthetic_dropped"] == 1
     assert result.rejected["id"].to_list() == ["copy-of-2"]
     assert len(result.synthetic) == 0
     assert sorted(result.kept["id"]) == sorted(d["id"] for d in docs)
-    assert result.files["kept/part-00000.parquet"]["rows"] == len(docs) and result.files["rejected/dedup-part-00000.parquet"]["rows"] == 1
-    assert len(split.rejected) == 0 and len(split.synthetic) == 1 and split.index is None  # returned, not edited in place
+    assert (
+        result.files["kept/part-00000.parquet"]["rows"] == len(docs)
+        and result.files["rejected/dedup-part-00000.parquet"]["rows"] == 1
+    )
+    assert (
+        len(split.rejected) == 0 and len(split.synthetic) == 1 and split.index is None
+    )  # returned, not edited in place

@@ -23,7 +23,10 @@ def test_unknown_key_names_its_path(tmp_path):
 
 
 def test_wrong_type_names_its_path(tmp_path):
-    path = _job(tmp_path, "name: x\ninputs: [{path: a.jsonl}]\nshard_docs: many\nstages:\n  - perplexity: {model: m, keep: [top]}\n")
+    path = _job(
+        tmp_path,
+        "name: x\ninputs: [{path: a.jsonl}]\nshard_docs: many\nstages:\n  - perplexity: {model: m, keep: [top]}\n",
+    )
     message = str(pytest.raises(SpecError, load_job, path).value)
     assert "shard_docs: Input should be a valid integer" in message
     assert "stages.0.perplexity.keep.0: Input should be 'head', 'middle' or 'tail'" in message

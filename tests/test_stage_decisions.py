@@ -19,7 +19,9 @@ class RejectIds(Stage):
         self.ids = ids
 
     def decide(self, df, params):
-        return df.with_columns(pl.when(pl.col("id").is_in(self.ids)).then(pl.lit("listed")).otherwise(None).alias("_reason"))
+        return df.with_columns(
+            pl.when(pl.col("id").is_in(self.ids)).then(pl.lit("listed")).otherwise(None).alias("_reason")
+        )
 
 
 def _docs():
@@ -46,4 +48,7 @@ def test_percentiles_fit_on_documents_reaching_the_stage():
 def test_max_ppl_reason():
     perplexity = PerplexityFilter(PerplexityConfig(model="unused", cutoffs=(100, 200), max_ppl=35))
     df = _apply(_docs(), perplexity, perplexity.fit(_docs()))
-    assert df["reject_reason"].to_list()[3:] == ["ppl 40.0 > max_ppl 35.0", "ppl 1000.0 > max_ppl 35.0"]  # settings are validated: a float
+    assert df["reject_reason"].to_list()[3:] == [
+        "ppl 40.0 > max_ppl 35.0",
+        "ppl 1000.0 > max_ppl 35.0",
+    ]  # settings are validated: a float

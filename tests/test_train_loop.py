@@ -73,7 +73,9 @@ def test_killed_cli_run_resumes_from_its_last_checkpoint(index, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps({**TINY, "steps": 5000, "checkpoint_every": 10}))
     env = {**os.environ, "CURATE_KERNELS_COMPILE": "0"}
-    proc = subprocess.Popen([*args, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [*args, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     deadline = time.time() + 60
     while not (tmp_path / "killed" / "checkpoint").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -39,8 +39,10 @@ def test_loss_contract(arch):
 
 
 def test_named_sizes_grow_to_about_125m():
-    counts = {name: count_parameters(build_model("transformer", {**cfg, "vocab_size": 32000}))
-              for name, cfg in model_configs("transformer").items()}
+    counts = {
+        name: count_parameters(build_model("transformer", {**cfg, "vocab_size": 32000}))
+        for name, cfg in model_configs("transformer").items()
+    }
     assert list(counts) == ["tiny", "small", "mini", "125m"]
     assert sorted(counts.values()) == list(counts.values())
     assert 100e6 < counts["125m"] < 135e6  # GPT-2 small's shape, tied embeddings, 32k vocabulary

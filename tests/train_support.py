@@ -20,8 +20,10 @@ def quiet(_: str) -> None:
 
 def synthetic_index(out: Path, docs: list[list[int]], ids: list[str], vocab: int, eos: int, shard_tokens: int) -> dict:
     """An index of given token lists, each document with an `id` and a `source` in its metadata."""
-    pairs = [(tokens, {"path": "synthetic.jsonl", "linenum": i, "metadata": {"id": ids[i], "source": f"src{i % 3}"}})
-             for i, tokens in enumerate(docs)]
+    pairs = [
+        (tokens, {"path": "synthetic.jsonl", "linenum": i, "metadata": {"id": ids[i], "source": f"src{i % 3}"}})
+        for i, tokens in enumerate(docs)
+    ]
     return write_index(pairs, out, vocab, eos, shard_tokens=shard_tokens, log=quiet)
 
 

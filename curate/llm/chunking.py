@@ -28,7 +28,7 @@ def chunk_text(text: str, tokenizer: TextTokenizer, max_tokens: int = 300) -> li
         return [text] if text else []
     starts = [0]
     size = 0
-    for i, (a, b) in enumerate(spans):
+    for _i, (a, b) in enumerate(spans):
         n = len(tokenizer.encode(text[a:b]))
         if size and size + n > max_tokens:
             starts.append(a)

@@ -18,8 +18,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     rate = sub.add_parser("rate", help="DataMan ratings").add_subparsers(required=True, metavar="ACTION")
     distill = rate.add_parser("distill", help="fit a fast CPU rater on LLM ratings; print its held-out agreement")
-    distill.add_argument("--ratings", nargs="+", required=True, help="run outputs or Parquet files with dataman_* columns")
-    distill.add_argument("--out", required=True, help="directory for the rater (`rate: {backend: distilled, distilled: DIR}`)")
+    distill.add_argument(
+        "--ratings", nargs="+", required=True, help="run outputs or Parquet files with dataman_* columns"
+    )
+    distill.add_argument(
+        "--out", required=True, help="directory for the rater (`rate: {backend: distilled, distilled: DIR}`)"
+    )
     distill.add_argument("--test-fraction", type=float, default=0.2)
     distill.add_argument("--seed", type=int, default=1024)
     distill.set_defaults(func=_distill)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from curate.llm.prompts import CRITERIA, WRAP_STYLES
+from curate.llm.prompts import CRITERIA
 from curate.registry import Strict
 
 
@@ -15,7 +15,9 @@ class Sampling(Strict):
 
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    typical_p: float = Field(1.0, gt=0, le=1, description="locally typical sampling mass (Meister et al.); 1 disables it")
+    typical_p: float = Field(
+        1.0, gt=0, le=1, description="locally typical sampling mass (Meister et al.); 1 disables it"
+    )
     max_tokens: int = Field(512, ge=1)
     seed: int = 1234
 
@@ -26,9 +28,16 @@ class GenerationBackend(Strict):
     `vllm`: vLLM inside the Ray workers (GPUs, the `vllm` extra)."""
 
     backend: Literal["local", "openai", "vllm"] = "local"
-    llm: str | None = Field(None, description="local: a .gguf path (default Gemma 3 270M); openai: the served model name; vllm: a model id or path")
+    llm: str | None = Field(
+        None,
+        description=(
+            "local: a .gguf path (default Gemma 3 270M); openai: the served model name; vllm: a model id or path"
+        ),
+    )
     url: str | None = Field(None, description="openai: the base URL, e.g. http://127.0.0.1:8000/v1")
-    tokenizer: str | None = Field(None, description="tokenizer.json or model id for chunk sizes; default: the GGUF's (local) or `llm`")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json or model id for chunk sizes; default: the GGUF's (local) or `llm`"
+    )
     concurrency: int = Field(1, ge=1, description="request workers (HTTP) or engine replicas (vllm)")
     batch_size: int = Field(8, ge=1, description="requests per batch handed to a worker")
     max_retries: int = Field(3, ge=0, description="retries of a failed request, with exponential backoff")
@@ -85,7 +94,9 @@ class SelectConfig(Strict):
 
     strategy: Literal["top_k", "overall_score", "sum", "uniform"] = "overall_score"
     criterion: Literal[CRITERIA] = Field("overall", description="top_k: the criterion ranked by")  # type: ignore[valid-type]
-    score: int = Field(5, ge=1, le=5, description="overall_score: sample uniformly among documents with this Overall Score")
+    score: int = Field(
+        5, ge=1, le=5, description="overall_score: sample uniformly among documents with this Overall Score"
+    )
     budget_tokens: int | None = Field(None, ge=1, description="tokens to select")
     budget_fraction: float | None = Field(None, gt=0, le=1, description="or: this share of the rated tokens")
     stratify: bool = Field(True, description="budget per source, then per domain, in proportion to token share")

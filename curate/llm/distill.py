@@ -52,7 +52,12 @@ def read_ratings(paths: list[str]) -> pl.DataFrame:
     frames = [pl.read_parquet(f).select(cols) for f in files if set(cols) <= set(pl.read_parquet_schema(f))]
     if not frames:
         raise ValueError(f"no rated documents (columns {cols}) under {paths}")
-    return pl.concat(frames, how="vertical_relaxed").filter(pl.col("dataman_overall").is_not_null()).unique("id", keep="first").sort("id")
+    return (
+        pl.concat(frames, how="vertical_relaxed")
+        .filter(pl.col("dataman_overall").is_not_null())
+        .unique("id", keep="first")
+        .sort("id")
+    )
 
 
 def distill(paths: list[str], out: str, test_fraction: float = 0.2, seed: int = 1024) -> dict[str, Any]:
@@ -71,13 +76,23 @@ def distill(paths: list[str], out: str, test_fraction: float = 0.2, seed: int = 
         pred = _classifier(y[~test], seed).fit(x[~test], y[~test]).predict(x[test])
         row = {"accuracy": round(float(np.mean(pred == y[test])), 4)}
         if target != "domain":
-            rho = spearmanr(pred.astype(float), y[test].astype(float)).statistic if len(set(y[test])) > 1 and len(set(pred)) > 1 else float("nan")
+            rho = (
+                spearmanr(pred.astype(float), y[test].astype(float)).statistic
+                if len(set(y[test])) > 1 and len(set(pred)) > 1
+                else float("nan")
+            )
             row["spearman"] = None if np.isnan(rho) else round(float(rho), 4)
         agreement[target] = row
     models = {t: _classifier(df[_column(t)].to_numpy(), seed).fit(x, df[_column(t)].to_numpy()) for t in TARGETS}
     Path(out).mkdir(parents=True, exist_ok=True)
     joblib.dump(models, Path(out) / MODELS)
-    card = {"trained_on": paths, "documents": len(df), "held_out": int(test.sum()), "seed": seed, "agreement_with_llm": agreement}
+    card = {
+        "trained_on": paths,
+        "documents": len(df),
+        "held_out": int(test.sum()),
+        "seed": seed,
+        "agreement_with_llm": agreement,
+    }
     (Path(out) / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return card
 

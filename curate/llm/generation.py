@@ -34,7 +34,16 @@ MANY = "curate_prompts"  # payload field: a JSON list of user messages Transport
 RETRYABLE = {408, 429, 502, 503, 504}  # as ray.data.llm's HTTP stage
 
 
-def generation_pass(ds, backend: GenerationBackend, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool = False):
+def generation_pass(
+    ds,
+    backend: GenerationBackend,
+    url: str | None,
+    model: str,
+    sampling: dict[str, Any],
+    system: str | None,
+    cpu_share: float,
+    many: bool = False,
+):
     """`ds` with ANSWER, ERROR and TOKENS added (see the module docstring). Processors pass rows
     through Python dicts, which loses column types (an all-null column comes back typed null),
     so each row carries its batch's schema across and gets it back after."""
@@ -66,7 +75,16 @@ def _restore_schema(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def _http_pass(ds, backend: GenerationBackend, url: str | None, model: str, sampling: dict[str, Any], system: str | None, cpu_share: float, many: bool):
+def _http_pass(
+    ds,
+    backend: GenerationBackend,
+    url: str | None,
+    model: str,
+    sampling: dict[str, Any],
+    system: str | None,
+    cpu_share: float,
+    many: bool,
+):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(
@@ -82,12 +100,23 @@ def _http_pass(ds, backend: GenerationBackend, url: str | None, model: str, samp
         # every payload has the same fields (Ray cannot combine blocks whose structs differ)
         prompt = row[PROMPT]
         user = "" if many else prompt or ""
-        payload = {"model": model, "messages": _messages(system, user), **sampling, NO_REQUEST: prompt is None, MANY: prompt if many and prompt else ""}
+        payload = {
+            "model": model,
+            "messages": _messages(system, user),
+            **sampling,
+            NO_REQUEST: prompt is None,
+            MANY: prompt if many and prompt else "",
+        }
         return {"payload": payload, KEYS: list(row)}
 
     def postprocess(row: dict) -> dict:
         reply = row["http_response"]
-        return {**{k: row[k] for k in row[KEYS]}, ANSWER: reply["answer"], ERROR: reply["error"], TOKENS: reply["tokens"]}
+        return {
+            **{k: row[k] for k in row[KEYS]},
+            ANSWER: reply["answer"],
+            ERROR: reply["error"],
+            TOKENS: reply["tokens"],
+        }
 
     processor = build_processor(
         config,
@@ -123,7 +152,9 @@ def _vllm_pass(ds, backend: GenerationBackend, sampling: dict[str, Any], system:
     params = {k: v for k, v in sampling.items() if k in ("temperature", "top_p", "typical_p", "max_tokens", "seed")}
     if "typical_p" in params:  # vLLM has no typical sampling: refuse rather than ignore it
         if params.pop("typical_p") != 1.0:
-            raise ValueError("vLLM does not implement typical_p; use backend local or openai for locally typical sampling")
+            raise ValueError(
+                "vLLM does not implement typical_p; use backend local or openai for locally typical sampling"
+            )
 
     def preprocess(row: dict) -> dict:
         prompt = row[PROMPT]
@@ -133,7 +164,12 @@ def _vllm_pass(ds, backend: GenerationBackend, sampling: dict[str, Any], system:
         return out
 
     def postprocess(row: dict) -> dict:
-        return {**{k: row[k] for k in row[KEYS]}, ANSWER: row["generated_text"], ERROR: None, TOKENS: int(row["num_generated_tokens"])}
+        return {
+            **{k: row[k] for k in row[KEYS]},
+            ANSWER: row["generated_text"],
+            ERROR: None,
+            TOKENS: int(row["num_generated_tokens"]),
+        }
 
     out = build_processor(vllm_config(backend), preprocess=preprocess, postprocess=postprocess)(ds)
 
@@ -195,7 +231,12 @@ class Transport:
         if not prompts:
             return _Reply(await self._ask(url, headers, payload))
         context = payload["messages"][:-1]
-        replies = await asyncio.gather(*(self._ask(url, headers, {**payload, "messages": [*context, {"role": "user", "content": p}]}) for p in json.loads(prompts)))
+        replies = await asyncio.gather(
+            *(
+                self._ask(url, headers, {**payload, "messages": [*context, {"role": "user", "content": p}]})
+                for p in json.loads(prompts)
+            )
+        )
         errors = [r["error"] for r in replies]
         return _Reply({
             "answer": json.dumps([r["answer"] for r in replies]), "error": json.dumps(errors) if any(errors) else None,
@@ -216,7 +257,7 @@ class Transport:
                     problem = f"HTTP {response.status}: {text[:500]}"
                     if response.status not in RETRYABLE:
                         break
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 problem = f"{type(e).__name__}: {e}"
         return {"answer": None, "error": f"request failed after {attempt + 1} attempts: {problem}", "tokens": 0}
 

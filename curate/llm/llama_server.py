@@ -6,9 +6,8 @@ The server's chat request model lacks `typical_p` and silently drops it, althoug
 before the server's app is built, then runs the server's own command line unchanged.
 """
 
-from pydantic import Field
-
 import llama_cpp.server.types as types
+from pydantic import Field
 
 
 class ChatRequest(types.CreateChatCompletionRequest):

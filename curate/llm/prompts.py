@@ -35,27 +35,95 @@ def wrap_prompt(style: str, chunk: str, template: str | None = None) -> str:
 
 # DataMan: (field name, name in the annotation prompt, definition), in the paper's order.
 DATAMAN_CRITERIA = (
-    ("accuracy", "Textual Accuracy", "The higher the score, the fewer grammar, referential, and spelling errors the text contains, and the more accurate its expression."),
-    ("coherence", "Semantic Coherence", "The higher the score, the more fluent the content is expressed, and the stronger its logical coherence."),
-    ("language_consistency", "Language Consistency", "The higher the score, the more consistent the use of language in the text, with less mixing of languages."),
-    ("semantic_density", "Ratio of Valid Semantic Content", "The higher the score, the greater the proportion of valid information in the text, with less irrelevant or redundant information."),
-    ("knowledge_novelty", "Novelty of Knowledge", "The higher the score, the more novel and cutting-edge the knowledge provided by the text, with more insightful views on the industry or topic."),
-    ("topic_focus", "Topic Focus", "The higher the score, the more the text content focuses on the topic, with less deviation from the main theme."),
-    ("creativity", "Creative Expression Ratio", "The higher the score, the more creative elements are shown in the text's expression."),
-    ("professionalism", "Professionalism", "The higher the score, the more professional terminology appears in the text, with more accurate use of terms and more professional domain-specific expression."),
-    ("style_consistency", "Style Consistency", "The higher the score, the more consistent the style of the text, with proper and appropriate style transitions."),
-    ("grammatical_diversity", "Richness of Grammatical Structures", "The higher the score, the more varied and correct the grammatical structures used in the text, showing a richer language expression ability."),
-    ("structural_standardization", "Standardization of Structure", "The higher the score, the clearer the structure followed by the text and the more standardized its format."),
-    ("originality", "Non-repetitiveness of Content", "The higher the score, the fewer repetitions and similar content in the text."),
-    ("sensitivity", "Appropriateness of Sensitive Content", "The higher the score, the more appropriately sensitive topics are handled in the text, with less inappropriate content."),
-    ("overall", "Overall Score", "The higher the score, the better the comprehensive evaluation of the text, with superior performance in all aspects."),
+    (
+        "accuracy",
+        "Textual Accuracy",
+        "The higher the score, the fewer grammar, referential, and spelling errors the text contains, and the more accurate its expression.",
+    ),
+    (
+        "coherence",
+        "Semantic Coherence",
+        "The higher the score, the more fluent the content is expressed, and the stronger its logical coherence.",
+    ),
+    (
+        "language_consistency",
+        "Language Consistency",
+        "The higher the score, the more consistent the use of language in the text, with less mixing of languages.",
+    ),
+    (
+        "semantic_density",
+        "Ratio of Valid Semantic Content",
+        "The higher the score, the greater the proportion of valid information in the text, with less irrelevant or redundant information.",
+    ),
+    (
+        "knowledge_novelty",
+        "Novelty of Knowledge",
+        "The higher the score, the more novel and cutting-edge the knowledge provided by the text, with more insightful views on the industry or topic.",
+    ),
+    (
+        "topic_focus",
+        "Topic Focus",
+        "The higher the score, the more the text content focuses on the topic, with less deviation from the main theme.",
+    ),
+    (
+        "creativity",
+        "Creative Expression Ratio",
+        "The higher the score, the more creative elements are shown in the text's expression.",
+    ),
+    (
+        "professionalism",
+        "Professionalism",
+        "The higher the score, the more professional terminology appears in the text, with more accurate use of terms and more professional domain-specific expression.",
+    ),
+    (
+        "style_consistency",
+        "Style Consistency",
+        "The higher the score, the more consistent the style of the text, with proper and appropriate style transitions.",
+    ),
+    (
+        "grammatical_diversity",
+        "Richness of Grammatical Structures",
+        "The higher the score, the more varied and correct the grammatical structures used in the text, showing a richer language expression ability.",
+    ),
+    (
+        "structural_standardization",
+        "Standardization of Structure",
+        "The higher the score, the clearer the structure followed by the text and the more standardized its format.",
+    ),
+    (
+        "originality",
+        "Non-repetitiveness of Content",
+        "The higher the score, the fewer repetitions and similar content in the text.",
+    ),
+    (
+        "sensitivity",
+        "Appropriateness of Sensitive Content",
+        "The higher the score, the more appropriately sensitive topics are handled in the text, with less inappropriate content.",
+    ),
+    (
+        "overall",
+        "Overall Score",
+        "The higher the score, the better the comprehensive evaluation of the text, with superior performance in all aspects.",
+    ),
 )
 CRITERIA = tuple(field for field, _, _ in DATAMAN_CRITERIA)
 
 DATAMAN_DOMAINS = {
-    "A": "Medicine", "B": "Finance", "C": "Law", "D": "Education", "E": "Technology",
-    "F": "Entertainment", "G": "Mathematics", "H": "Coding", "I": "Government", "J": "Culture",
-    "K": "Transportation", "L": "Retail E-commerce", "M": "Telecommunication", "N": "Agriculture", "O": "Other",
+    "A": "Medicine",
+    "B": "Finance",
+    "C": "Law",
+    "D": "Education",
+    "E": "Technology",
+    "F": "Entertainment",
+    "G": "Mathematics",
+    "H": "Coding",
+    "I": "Government",
+    "J": "Culture",
+    "K": "Transportation",
+    "L": "Retail E-commerce",
+    "M": "Telecommunication",
+    "N": "Agriculture",
+    "O": "Other",
 }
 
 DATAMAN_SYSTEM = (

@@ -39,7 +39,8 @@ def _prepared(df: pl.DataFrame, config: SelectConfig) -> pl.DataFrame:
         _tie=pl.col("id").hash(seed=config.seed),
         _stratum=stratum,
         _rated=pl.col("dataman_overall").is_not_null(),
-        _eligible=pl.col("dataman_overall").is_not_null() & (pl.col("dataman_overall") == config.score if config.strategy == "overall_score" else pl.lit(True)),
+        _eligible=pl.col("dataman_overall").is_not_null()
+        & (pl.col("dataman_overall") == config.score if config.strategy == "overall_score" else pl.lit(True)),
     )
 
 
@@ -60,7 +61,13 @@ def fit(scores: pl.DataFrame, config: SelectConfig) -> dict[str, Any]:
         taken = ranked.filter(before < share)
         if len(taken):
             last = taken.row(-1, named=True)
-            cutoffs[stratum] = {"metric": last["_metric"], "tie": last["_tie"], "budget": round(share), "documents": len(taken), "tokens": int(taken["dataman_tokens"].sum())}
+            cutoffs[stratum] = {
+                "metric": last["_metric"],
+                "tie": last["_tie"],
+                "budget": round(share),
+                "documents": len(taken),
+                "tokens": int(taken["dataman_tokens"].sum()),
+            }
     return {
         "strategy": config.strategy, **({"criterion": config.criterion} if config.strategy == "top_k" else {}),
         **({"score": config.score} if config.strategy == "overall_score" else {}),
@@ -74,16 +81,37 @@ def decide(df: pl.DataFrame, config: SelectConfig, params: dict[str, Any]) -> pl
     df = _prepared(df, config)
     strata = params["strata"]
     cut = pl.DataFrame(
-        {"_stratum": list(strata), "_cut_metric": [c["metric"] for c in strata.values()], "_cut_tie": [c["tie"] for c in strata.values()]},
+        {
+            "_stratum": list(strata),
+            "_cut_metric": [c["metric"] for c in strata.values()],
+            "_cut_tie": [c["tie"] for c in strata.values()],
+        },
         schema={"_stratum": pl.String, "_cut_metric": pl.Float64, "_cut_tie": pl.UInt64},
     )
     df = df.join(cut, on="_stratum", how="left")
-    chosen = (pl.col("_metric") > pl.col("_cut_metric")) | ((pl.col("_metric") == pl.col("_cut_metric")) & (pl.col("_tie") <= pl.col("_cut_tie")))
-    what = {"top_k": f"top-k by {config.criterion}", "sum": "top-k by the sum of the 14 ratings", "overall_score": f"uniform among Overall Score {config.score}", "uniform": "uniform"}[config.strategy]
+    chosen = (pl.col("_metric") > pl.col("_cut_metric")) | (
+        (pl.col("_metric") == pl.col("_cut_metric")) & (pl.col("_tie") <= pl.col("_cut_tie"))
+    )
+    what = {
+        "top_k": f"top-k by {config.criterion}",
+        "sum": "top-k by the sum of the 14 ratings",
+        "overall_score": f"uniform among Overall Score {config.score}",
+        "uniform": "uniform",
+    }[config.strategy]
     reason = (
-        pl.when(~pl.col("_rated")).then(pl.lit("not rated by DataMan: ").add(pl.col("dataman_error").fill_null("no rating")))
-        .when(~pl.col("_eligible")).then(pl.format("Overall Score {} is not {}", pl.col("dataman_overall"), pl.lit(config.score)))
-        .when(~chosen.fill_null(False)).then(pl.format("not selected ({}, stratum {}, budget {} tokens)", pl.lit(what), pl.col("_stratum"), pl.lit(params["budget_tokens"])))
+        pl.when(~pl.col("_rated"))
+        .then(pl.lit("not rated by DataMan: ").add(pl.col("dataman_error").fill_null("no rating")))
+        .when(~pl.col("_eligible"))
+        .then(pl.format("Overall Score {} is not {}", pl.col("dataman_overall"), pl.lit(config.score)))
+        .when(~chosen.fill_null(False))
+        .then(
+            pl.format(
+                "not selected ({}, stratum {}, budget {} tokens)",
+                pl.lit(what), pl.col("_stratum"), pl.lit(params["budget_tokens"]),
+            )
+        )
         .otherwise(None)
     )  # fmt: skip
-    return df.with_columns(_reason=reason).drop(["_metric", "_tie", "_stratum", "_rated", "_eligible", "_cut_metric", "_cut_tie"])
+    return df.with_columns(_reason=reason).drop(
+        ["_metric", "_tie", "_stratum", "_rated", "_eligible", "_cut_metric", "_cut_tie"]
+    )

@@ -27,7 +27,14 @@ def free_port() -> int:
 
 
 class LocalServer:
-    def __init__(self, model: str | None = None, port: int | None = None, n_ctx: int = 4096, threads: int | None = None, log_file: str | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        port: int | None = None,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+        log_file: str | None = None,
+    ):
         self.model = model or gemma_path()
         self.name = GEMMA_NAME if model is None else Path(model).stem
         self.port = port or free_port()

@@ -88,7 +88,13 @@ class RephraseStage(LLMStage):
 
     def plan(self, ds, batch_docs: int, resources: Resources):
         cpus = resources.cpus
-        requests = functools.partial(_wrap_requests, styles=self.styles, template=self.config.template, tokenizer=self.tokenizer, chunk_tokens=self.config.chunk_tokens)
+        requests = functools.partial(
+            _wrap_requests,
+            styles=self.styles,
+            template=self.config.template,
+            tokenizer=self.tokenizer,
+            chunk_tokens=self.config.chunk_tokens,
+        )
         ds = ds.map_batches(requests, batch_format="pyarrow", batch_size=batch_docs, num_cpus=cpus)
         sampling = self.config.sampling.model_dump()
         if self.config.backend == "vllm":
@@ -98,7 +104,9 @@ class RephraseStage(LLMStage):
             ds = groups.map_groups(_row_per_document, batch_format="pyarrow", num_cpus=cpus)
         else:
             ds = self.generate(ds, sampling, None, cpus, many=True)
-        return ds.map_batches(functools.partial(_assemble_rephrases, styles=self.styles), batch_format="pyarrow", num_cpus=cpus)
+        return ds.map_batches(
+            functools.partial(_assemble_rephrases, styles=self.styles), batch_format="pyarrow", num_cpus=cpus
+        )
 
     def fit(self, scores: pl.DataFrame) -> dict[str, Any]:
         failed = int(scores["wrap_error"].is_not_null().sum()) if len(scores) else 0
@@ -116,7 +124,8 @@ class RephraseStage(LLMStage):
         frames = [
             kept.filter(pl.col(col).is_not_null()).select(
                 pl.format("{}#wrap-{}", pl.col("id"), pl.lit(style)).alias("id"), pl.col(col).alias("text"), "source",
-                pl.col("id").alias("parent_id"), pl.lit(style).alias("wrap_style"), pl.lit(self.model).alias("wrap_model"),
+                pl.col("id").alias("parent_id"), pl.lit(style).alias("wrap_style"),
+                pl.lit(self.model).alias("wrap_model"),
             )
             for style, col in zip(self.styles, self.style_columns) if col in kept.columns
         ]  # fmt: skip
@@ -131,7 +140,9 @@ class RephraseStage(LLMStage):
 WRAP_CHUNKS, WRAP_DOC, WRAP_PROMPT = "_wrap_chunks", "_wrap_doc", "_wrap_prompt"
 
 
-def _wrap_requests(batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int) -> pa.Table:
+def _wrap_requests(
+    batch: pa.Table, styles: list[str], template: str | None, tokenizer: str, chunk_tokens: int
+) -> pa.Table:
     """Per valid document, its chunks and the JSON list of its prompts, style by style then chunk
     by chunk (null PROMPT: nothing to ask)."""
     tok = shared_tokenizer(tokenizer)
@@ -139,8 +150,14 @@ def _wrap_requests(batch: pa.Table, styles: list[str], template: str | None, tok
     for text, error in zip(batch["text"].to_pylist(), batch["error"].to_pylist()):
         chunks = chunk_text(text, tok, chunk_tokens) if error is None and text else []
         counts.append(len(chunks))
-        prompts.append(json.dumps([wrap_prompt(style, chunk, template) for style in styles for chunk in chunks]) if chunks else None)
-    return batch.append_column(WRAP_CHUNKS, pa.array(counts, pa.int64())).append_column(PROMPT, pa.array(prompts, pa.large_string()))
+        prompts.append(
+            json.dumps([wrap_prompt(style, chunk, template) for style in styles for chunk in chunks])
+            if chunks
+            else None
+        )
+    return batch.append_column(WRAP_CHUNKS, pa.array(counts, pa.int64())).append_column(
+        PROMPT, pa.array(prompts, pa.large_string())
+    )
 
 
 def _row_per_prompt(batch: pa.Table) -> pa.Table:
@@ -206,7 +223,12 @@ def _assemble_rephrases(batch: pa.Table, styles: list[str]) -> pa.Table:
 # ---------------------------------------------------------------- rate (DataMan)
 
 
-RATING_TYPES = {"dataman_domain": pa.string(), "dataman_answer": pa.large_string(), "dataman_error": pa.string(), PROMPT: pa.large_string()}  # scores: int8
+RATING_TYPES = {
+    "dataman_domain": pa.string(),
+    "dataman_answer": pa.large_string(),
+    "dataman_error": pa.string(),
+    PROMPT: pa.large_string(),
+}  # scores: int8
 
 
 class RateStage(LLMStage):
@@ -239,7 +261,14 @@ class RateStage(LLMStage):
 
             kwargs = {"path": self.config.distilled, "tokenizer": self.tokenizer, "keep": self.config.keep_tokens}
             actors = _actors(resources.concurrency)
-            return ds.map_batches(DistilledActor, fn_constructor_kwargs=kwargs, batch_size=batch_docs, batch_format="pyarrow", compute=actors, **resources.ray_options())
+            return ds.map_batches(
+                DistilledActor,
+                fn_constructor_kwargs=kwargs,
+                batch_size=batch_docs,
+                batch_format="pyarrow",
+                compute=actors,
+                **resources.ray_options(),
+            )
         prepare = functools.partial(_rating_requests, tokenizer=self.tokenizer, keep=self.config.keep_tokens)
         ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=batch_docs, num_cpus=resources.cpus)
         for attempt in range(self.config.retries + 1):
@@ -285,7 +314,10 @@ def _rating_requests(batch: pa.Table, tokenizer: str, keep: int) -> pa.Table:
 def _read_ratings(batch: pa.Table) -> pa.Table:
     """Parse this pass's answers; a row that parsed asks nothing more, one that did not keeps its
     prompt for the next pass and records its raw answer and the reason."""
-    cols = {name: batch[name].to_pylist() for name in (*DATAMAN_COLUMNS, "dataman_answer", "dataman_error", PROMPT, ANSWER, ERROR)}
+    cols = {
+        name: batch[name].to_pylist()
+        for name in (*DATAMAN_COLUMNS, "dataman_answer", "dataman_error", PROMPT, ANSWER, ERROR)
+    }
     for i, prompt in enumerate(cols[PROMPT]):
         if prompt is None:
             continue
@@ -303,7 +335,9 @@ def _read_ratings(batch: pa.Table) -> pa.Table:
         cols["dataman_answer"][i] = cols["dataman_error"][i] = cols[PROMPT][i] = None
     for name, values in cols.items():
         if name not in (ANSWER, ERROR):
-            batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, RATING_TYPES.get(name, pa.int8())))
+            batch = batch.set_column(
+                batch.schema.get_field_index(name), name, pa.array(values, RATING_TYPES.get(name, pa.int8()))
+            )
     return batch.drop_columns([ANSWER, ERROR, TOKENS])
 
 

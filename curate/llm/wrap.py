@@ -9,7 +9,15 @@ from curate.llm.chunking import sentence_spans
 
 # Leading boilerplate the paper removes ("Here's a paraphrase...", "The following...", the
 # prompt's own "high quality English"), lower-case.
-PREAMBLE_MARKERS = ("paraphrase", "here's", "here is", "the following", "high-quality english", "high quality english", "rephrase")
+PREAMBLE_MARKERS = (
+    "paraphrase",
+    "here's",
+    "here is",
+    "the following",
+    "high-quality english",
+    "high quality english",
+    "rephrase",
+)
 
 
 class Discarded(ValueError):
@@ -25,7 +33,9 @@ def clean_rephrase(answer: str) -> str:
         first = text[: spans[0][1]]
         if _marked(first):
             cut = [i for i in (first.find("\n\n"), first.find(":")) if i >= 0]
-            text = text[min(cut) + (2 if text[min(cut)] == "\n" else 1) :].strip() if cut else text[spans[0][1] :].strip()
+            text = (
+                text[min(cut) + (2 if text[min(cut)] == "\n" else 1) :].strip() if cut else text[spans[0][1] :].strip()
+            )
     if not text:
         raise Discarded("nothing left after the preamble")
     if _marked(text):

@@ -34,7 +34,9 @@ class PerLanguage(Strict):
 
 class PerplexityConfig(PerLanguage):
     percentiles: tuple[float, float] = (30.0, 60.0)
-    cutoffs: tuple[float, float] | None = Field(None, description="fixed head/middle upper bounds instead of percentiles")
+    cutoffs: tuple[float, float] | None = Field(
+        None, description="fixed head/middle upper bounds instead of percentiles"
+    )
     keep: list[Bucket] = ["head", "middle", "tail"]
     max_ppl: float | None = None
 
@@ -49,7 +51,11 @@ class PerplexityConfig(PerLanguage):
 
 
 class HarmfulConfig(PerLanguage):
-    reference: str | None = Field(None, description="benign reference model; default: the one the model was calibrated with")
-    score: Literal["perplexity", "contrastive"] | None = Field(None, description="default: the better one found by calibration")
+    reference: str | None = Field(
+        None, description="benign reference model; default: the one the model was calibrated with"
+    )
+    score: Literal["perplexity", "contrastive"] | None = Field(
+        None, description="default: the better one found by calibration"
+    )
     threshold: float | Literal["card", "valley"] = "card"
     guard: bool = Field(True, description="abstain on text unfamiliar to the harmful model (the card's guard levels)")

@@ -162,7 +162,8 @@ class HarmfulModel:
         reference = config.reference or (card.get("contrastive", {}).get("reference") if contrastive else None)
         if contrastive and not reference:
             raise ValueError(
-                f"the contrastive harmful score of {model} needs a reference model: set `reference` or calibrate with one"
+                f"the contrastive harmful score of {model} needs a reference model: "
+                "set `reference` or calibrate with one"
             )
         threshold = card.get(kind, {}).get("threshold")
         if config.threshold == "card" and threshold is None:
