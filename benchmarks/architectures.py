@@ -1,6 +1,6 @@
 """Training tokens/s of each architecture against the Transformer at (nearly) equal parameter count.
 
-    .venv/bin/python -m benchmarks.architectures [--size small] [--vocab 2000] [--batch 8] [--steps 5]
+    .venv/bin/python benchmarks/architectures.py [--size small] [--vocab 2000] [--batch 8] [--steps 5]
 
 Every model of the named size (sizes keep the parameter counts close, models/registry.py) runs the
 same AdamW training steps on the same random batches; the Transformer is measured in the same run

@@ -2,10 +2,7 @@
 the same model, optimizer, schedule and batches, in the same process; plus the loader's own
 throughput, what torch.compile gives the plain loop, and the process's peak memory.
 
-    .venv/bin/python -m benchmarks.train [--data INDEX_DIR] [--size tiny] [--steps 60]
-
-(run as a module from the repository root: as a script, benchmarks/kernels.py would shadow the
-`kernels` package the model imports)
+    .venv/bin/python benchmarks/train.py [--data INDEX_DIR] [--size tiny] [--steps 60]
 
 Without --data it indexes data/web with a fresh 8,000-token BPE under out/bench_train/ (once).
 Both loops start from the same seed and read `models.data.batches` for the same split and seed,

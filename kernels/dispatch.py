@@ -1,6 +1,6 @@
 """Which implementation an op runs: its Triton kernel on CUDA tensors, its PyTorch path elsewhere.
 
-The CPU path is the PyTorch reference, passed through `torch.compile` only where benchmarks/kernels.py
+The CPU path is the PyTorch reference, passed through `torch.compile` only where benchmarks/fused_ops.py
 measured the compiled version faster (see kernels/README.md); `CURATE_KERNELS_COMPILE=0` turns compiling
 off (a first call compiles for tens of seconds, which short CPU runs and tests may not want).
 """

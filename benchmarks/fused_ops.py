@@ -2,8 +2,8 @@
 the PyTorch path and the libraries that ship the op (GPU); and the fused cross-entropy's peak memory
 against F.cross_entropy(x @ W.T) at a 32k vocabulary.
 
-    .venv/bin/python benchmarks/kernels.py            # CPU: compiled vs eager, memory
-    .venv/bin/python benchmarks/kernels.py --device cuda   # GPU: Triton vs PyTorch vs Liger / fla, memory
+    .venv/bin/python benchmarks/fused_ops.py            # CPU: compiled vs eager, memory
+    .venv/bin/python benchmarks/fused_ops.py --device cuda   # GPU: Triton vs PyTorch vs Liger / fla, memory
 
 Every time is the median of --repeats forward+backward passes after a warm-up (which also compiles):
 CPU time of the process on CPU (robust to other jobs on a shared machine), wall time on CUDA. A ratio
@@ -15,16 +15,11 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-if __name__ == "__main__":  # run as a file, this file's folder comes first on sys.path and shadows kernels/
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from kernels.cross_entropy import linear_cross_entropy
 from kernels.fft_conv import fft_conv, fft_conv_torch
