@@ -106,7 +106,7 @@ def test_demo_job_through_ray_job_submit(cluster, tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # the demo trains its four KenLM models inside the job
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
