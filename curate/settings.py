@@ -40,7 +40,8 @@ def load_settings(
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise error(f"{path}: a {what} is a YAML mapping, got {type(data).__name__}")
+            article = "an" if what[:1] in "aeiou" else "a"
+            raise error(f"{path}: {article} {what} is a YAML mapping, got {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return model.model_validate(data)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate.settings import load_settings
 from models.config import TrainConfig
 
 
@@ -104,20 +104,4 @@ class AblateSpec(_Strict):
 
 
 def load_ablate_spec(path: str | Path) -> AblateSpec:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise AblateSpecError(f"ablation job file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise AblateSpecError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise AblateSpecError(f"{path}: an ablation job is a YAML mapping, got {type(data).__name__}")
-    try:
-        return AblateSpec.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{path}: invalid ablation job"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise AblateSpecError("\n".join(lines)) from None
+    return load_settings(path, AblateSpec, "ablation job", error=AblateSpecError)

@@ -54,14 +54,16 @@ def test_matches_the_recurrent_loop(backend, prefix):
 
 
 def test_based_mode_matches_fla_parallel_based():
-    naive = pytest.importorskip("fla.ops.based.naive")
+    import fla.ops.based.naive as naive  # the dev extra installs fla-core
+
     q, k, v = _inputs(1, 2, 48, 8, 16)
     o, _ = linear_attention(taylor_feature_map(q), taylor_feature_map(k), v, backend="triton", chunk=16)
     assert_close("o", o, naive.naive_parallel_based(q, k, v, use_norm=True))
 
 
 def test_prefix_mode_matches_fla_linear_attention_with_initial_state():
-    naive = pytest.importorskip("fla.ops.linear_attn.naive")
+    import fla.ops.linear_attn.naive as naive
+
     q, k, v = _inputs(1, 2, 48, 4, 8)
     fq, fk = taylor_feature_map(q).relu(), taylor_feature_map(k).relu()
     ke, ve = _inputs(1, 2, 10, 4, 8, seed=3)[1:]
