@@ -62,6 +62,16 @@ def _load_table(ptr, R: tl.constexpr, S: tl.constexpr):
 
 
 @triton.jit
+def _load_tables(tables, N1: tl.constexpr, N2: tl.constexpr):
+    """The six DFT tables of `_dft_tables`, in its order."""
+    f1r, f1i = _load_table(tables, N1, N1), _load_table(tables + N1 * N1, N1, N1)
+    f2r, f2i = _load_table(tables + 2 * N1 * N1, N2, N2), _load_table(tables + 2 * N1 * N1 + N2 * N2, N2, N2)
+    tr = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2, N1, N2)
+    ti = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2 + N1 * N2, N1, N2)
+    return f1r, f1i, f2r, f2i, tr, ti
+
+
+@triton.jit
 def _dft(x, f1r, f1i, f2r, f2i, tr, ti):
     """Spectrum of a real signal laid out x[n1, n2] = x[N2 n1 + n2]; X[k1, k2] is bin k1 + N1 k2."""
     ar = tl.dot(f1r, x, input_precision="ieee")
@@ -79,10 +89,7 @@ def _spectrum_kernel(x, out_r, out_i, L, tables, N1: tl.constexpr, N2: tl.conste
     row = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     xt = tl.load(x + row * L + idx, mask=idx < L, other=0.0).to(tl.float32)
-    f1r, f1i = _load_table(tables, N1, N1), _load_table(tables + N1 * N1, N1, N1)
-    f2r, f2i = _load_table(tables + 2 * N1 * N1, N2, N2), _load_table(tables + 2 * N1 * N1 + N2 * N2, N2, N2)
-    tr = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2, N1, N2)
-    ti = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2 + N1 * N2, N1, N2)
+    f1r, f1i, f2r, f2i, tr, ti = _load_tables(tables, N1, N2)
     xr, xi = _dft(xt, f1r, f1i, f2r, f2i, tr, ti)
     tl.store(out_r + row * N1 * N2 + idx, xr)
     tl.store(out_i + row * N1 * N2 + idx, xi)
@@ -94,10 +101,7 @@ def _fftconv_kernel(u, kr, ki, y, L, KROWS, tables, N1: tl.constexpr, N2: tl.con
     row = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     ut = tl.load(u + row * L + idx, mask=idx < L, other=0.0).to(tl.float32)
-    f1r, f1i = _load_table(tables, N1, N1), _load_table(tables + N1 * N1, N1, N1)
-    f2r, f2i = _load_table(tables + 2 * N1 * N1, N2, N2), _load_table(tables + 2 * N1 * N1 + N2 * N2, N2, N2)
-    tr = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2, N1, N2)
-    ti = _load_table(tables + 2 * N1 * N1 + 2 * N2 * N2 + N1 * N2, N1, N2)
+    f1r, f1i, f2r, f2i, tr, ti = _load_tables(tables, N1, N2)
     xr, xi = _dft(ut, f1r, f1i, f2r, f2i, tr, ti)
     krow = (row % KROWS) * N1 * N2
     sr = tl.load(kr + krow + idx)
