@@ -44,13 +44,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability adds up to at least p."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    # a token is dropped when the tokens more likely than it already reach p; the first always stays
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, NEG_INF)
+    return _keep_ranked_mass(logits, order, torch.softmax(sorted_logits, dim=-1), p)
 
 
 def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
@@ -60,8 +54,15 @@ def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
     probs = logp.exp()
     entropy = -torch.nansum(probs * logp, dim=-1, keepdim=True)
     distance = (-logp - entropy).abs()
-    sorted_distance, order = torch.sort(distance, dim=-1)
-    sorted_probs = probs.gather(-1, order)
+    order = torch.sort(distance, dim=-1).indices
+    return _keep_ranked_mass(logits, order, probs.gather(-1, order), mass)
+
+
+def _keep_ranked_mass(
+    logits: torch.Tensor, order: torch.Tensor, sorted_probs: torch.Tensor, mass: float
+) -> torch.Tensor:
+    """Keep the shortest prefix of the ranking `order` whose probability reaches `mass`: a token is
+    dropped when the tokens ranked before it already reach it; the first always stays."""
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     drop_sorted = mass_before >= mass
     drop_sorted[..., 0] = False
