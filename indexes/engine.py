@@ -37,10 +37,12 @@ class Engine:
         max_diff_tokens: int = 100,
         maxnum: int = 1,
         max_disp_len: int = 1000,
+        shard_ids: list[int] | None = None,
     ):
+        """`shard_ids` opens only those shards (a serving replica's group; see indexes/serve_ray.py)."""
         self.index_dir = Path(index_dir)
         self.card = read_card(self.index_dir)
-        self.shards: list[Shard] = open_shards(self.index_dir, self.card)
+        self.shards: list[Shard] = open_shards(self.index_dir, self.card, shard_ids)
         self.token_width: int = self.card["token_width"]
         self.eos_token_id: int = self.card["eos_token_id"]
         self.token_id_max = (1 << (8 * self.token_width)) - 1
@@ -150,7 +152,16 @@ class Engine:
         clauses = [self._clause(clause, max_clause_freq) for clause in self._cnf(cnf)]
         if any(sum(c["cnt_by_shard"]) == 0 for c in clauses):
             return {"cnt": 0, "approx": False, "ptrs_by_shard": []}
-        cnt, factors, ptrs_by_shard = 0, [], []
+        parts = self._cnf_parts(clauses, max_diff_tokens)
+        return {
+            "cnt": sum(cnt for cnt, _, _ in parts),
+            "approx": any(factor != 1.0 for _, factor, _ in parts),
+            "ptrs_by_shard": [ptrs for _, _, ptrs in parts],
+        }
+
+    def _cnf_parts(self, clauses: list[dict], max_diff_tokens: int) -> list[tuple[int, float, list[int]]]:
+        """(count, subsampling factor, window start pointers) of each shard; shards are independent."""
+        parts = []
         for s, shard in enumerate(self.shards):
             ordered = sorted(clauses, key=lambda c: c["cnt_by_shard"][s])
             lo = self._clause_pointers(shard, ordered[0]["segments_by_shard"][s], sort=False)
@@ -164,10 +175,8 @@ class Engine:
                 factor *= clause["factor_by_shard"][s]
             keep = search_loops.ranges_without_separator(shard.tokens, self.token_width, lo, hi)
             lo = lo[keep]
-            cnt += int(lo.size * factor)
-            factors.append(factor)
-            ptrs_by_shard.append(lo.tolist())
-        return {"cnt": cnt, "approx": any(f != 1.0 for f in factors), "ptrs_by_shard": ptrs_by_shard}
+            parts.append((int(lo.size * factor), factor, lo.tolist()))
+        return parts
 
     def count_cnf(
         self, cnf: list[list[list[int]]], max_clause_freq: int | None = None, max_diff_tokens: int | None = None
@@ -312,6 +321,13 @@ class Engine:
         unit = 1
         while prompt_cnt > unit * max_support:
             unit <<= 1
+        freq = self._next_token_freq(prompt, segments, unit)
+        result = {t: {"cont_cnt": c, "prob": c / prompt_cnt} for t, c in sorted(freq.items())}
+        return {"prompt_cnt": prompt_cnt, "result_by_token_id": result, "approx": unit > 1}
+
+    def _next_token_freq(self, prompt: np.ndarray, segments: list[tuple[int, int]], unit: int) -> dict[int, int]:
+        """Next-token counts summed over shards, one sample every `unit` occurrences (the same `unit`
+        on every shard, which is what keeps a merge over shard groups exact)."""
         freq: dict[int, int] = {}
         for shard, (start, end) in zip(self.shards, segments):
             if start == end:
@@ -329,8 +345,7 @@ class Engine:
             )
             for token, count in zip(tokens.tolist(), counts.tolist()):
                 freq[token] = freq.get(token, 0) + count
-        result = {t: {"cont_cnt": c, "prob": c / prompt_cnt} for t, c in sorted(freq.items())}
-        return {"prompt_cnt": prompt_cnt, "result_by_token_id": result, "approx": unit > 1}
+        return freq
 
     def _longest_seen_suffix(self, prompt: np.ndarray) -> int:
         """Longest suffix (in tokens) with a non-zero count: doubling, then bisection."""

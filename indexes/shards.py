@@ -37,11 +37,11 @@ def _map(path: Path, dtype=np.uint8) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)  # plain ndarray for numba
 
 
-def open_shards(index_dir: Path, card: dict) -> list[Shard]:
-    """Map every shard listed in the card, checking the file sizes agree with each other."""
+def open_shards(index_dir: Path, card: dict, shard_ids: list[int] | None = None) -> list[Shard]:
+    """Map every shard listed in the card (or those in `shard_ids`), checking the file sizes agree."""
     shards = []
     width = card["token_width"]
-    for s in range(card["shards"]):
+    for s in range(card["shards"]) if shard_ids is None else shard_ids:
         paths = {
             kind: shard_path(index_dir, kind, s) for kind in ("tokenized", "offset", "table", "metadata", "metaoff")
         }
