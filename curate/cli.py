@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from curate.atomic import is_no_space, no_space_message
 from curate.llm import cli as llm_cli
 from indexes import cli as index_cli
 from indexes.suffix_array import SortError
@@ -22,7 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except KeyboardInterrupt:  # one line, not a traceback; finished shards and files stay
+        again = " (run the same command again to resume)" if args.func is _run else ""
+        print(f"curate: interrupted{again}", file=sys.stderr)
+        return 130
     except Exception as e:
+        if is_no_space(e):
+            print(f"curate: error: {no_space_message(e)}", file=sys.stderr)
+            return 1
         runtime = sys.modules.get("curate.ray_runtime")  # loaded if Ray ran, as for ModelError below
         if runtime is not None and runtime.is_ray_failure(e):
             print(f"curate: error: {runtime.describe_failure(e)}", file=sys.stderr)

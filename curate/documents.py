@@ -2,7 +2,12 @@
 
 Every input record becomes exactly one row: a valid document, or a quarantined row that keeps the
 error, the file and the line (1-based line for JSON Lines, 0-based row for Parquet) and the raw
-input. Blank lines in JSON Lines files are not records and are not counted.
+input. Blank lines in JSON Lines files are not records and are not counted; a UTF-8 byte-order
+mark at the start of a file is skipped, as most JSON readers do.
+
+A damaged file (a truncated or fake `.gz`, a Parquet file that will not open) does not stop a job:
+the records before the damage are read as usual, and the unreadable rest of the file becomes one
+more quarantined record that names the file and the line (or row) where reading failed.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import io
 import json
+import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,12 @@ from curate.atomic import atomic_path
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 RAW_KEEP_CHARS = 2000
+BOM = b"\xef\xbb\xbf"
+# what a quarantined record of a damaged file says: the manifest finds these (`is_unreadable`)
+UNREADABLE = "unreadable from here on"
+# errors of a damaged file: truncated gzip (EOFError), not gzip or a bad CRC (BadGzipFile, an
+# OSError), corrupt deflate data (zlib.error), a failing disk (OSError), a bad Parquet file
+READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowException)
 
 # One schema for every row read: valid documents have `error` null, quarantined rows have it set.
 ROW_SCHEMA = pa.schema(
@@ -79,15 +91,43 @@ def default_source(path: Path) -> str:
 
 
 def count_records(path: Path) -> int:
-    """Records in a file: non-blank lines of JSON Lines, rows of Parquet."""
+    """Records in a file: non-blank lines of JSON Lines, rows of Parquet; the unreadable rest of
+    a damaged file counts as one."""
     if path.name.endswith(PARQUET_SUFFIXES):
-        return pq.ParquetFile(path).metadata.num_rows
-    with _open_binary(path) as f:
-        return sum(1 for line in f if line.strip())
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except READ_ERRORS:
+            return 1
+    return sum(1 for _ in _lines(path))
 
 
-def _open_binary(path: Path) -> io.BufferedReader:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+@dataclass(frozen=True)
+class Unreadable:
+    """Where reading a damaged file failed: the rest of the file, one quarantined record."""
+
+    error: str
+
+
+def is_unreadable(error: str) -> bool:
+    """Whether a quarantine `error` is the unreadable rest of a damaged file."""
+    return UNREADABLE in error
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes | Unreadable]]:
+    """(line number, line) for the non-blank lines of a JSON Lines file, a leading BOM skipped;
+    reading stops at damage, which comes last as an `Unreadable` at the line that failed."""
+    line_no, offset = 0, 0
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+            for line_no, line in enumerate(f, start=1):
+                offset += len(line)
+                if line_no == 1 and line.startswith(BOM):
+                    line = line[len(BOM) :]
+                if line.strip():
+                    yield line_no, line
+    except READ_ERRORS as e:
+        where = f"after {offset} bytes" + (" of decompressed data" if path.name.endswith(".gz") else "")
+        yield line_no + 1, Unreadable(f"{type(e).__name__}: {e} ({where})")
 
 
 @dataclass(frozen=True)
@@ -121,23 +161,23 @@ def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict]]:
-    """(position, record) for records start..stop-1: raw line bytes or a Parquet row dict."""
+def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
+    """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
+    `Unreadable` rest of a damaged file."""
     if path.name.endswith(PARQUET_SUFFIXES):
-        table = pq.read_table(path).slice(start, stop - start)
-        for offset, row in enumerate(table.to_pylist()):
-            yield start + offset, row
+        try:
+            rows = pq.read_table(path).slice(start, stop - start).to_pylist()
+        except READ_ERRORS as e:  # every row of the slice is counted, so every row is quarantined
+            for position in range(start, stop):
+                yield position, Unreadable(f"{type(e).__name__}: {e}")
+            return
+        yield from enumerate(rows, start=start)
         return
-    index = 0
-    with _open_binary(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if index >= stop:
-                break
-            if index >= start:
-                yield line_no, line
-            index += 1
+    for index, (line_no, line) in enumerate(_lines(path)):
+        if index >= stop:
+            break
+        if index >= start:
+            yield line_no, line
 
 
 def _validate(
@@ -149,6 +189,9 @@ def _validate(
     max_doc_bytes: int,
 ) -> dict:
     where = {"input_file": str(path), "input_row": position}
+    if isinstance(record, Unreadable):
+        error = f"{UNREADABLE} ({record.error}); the rest of the file counts as this one record"
+        return _quarantine(where, fallback_source, error, b"")
     raw = record if isinstance(record, dict) else None
     if isinstance(record, bytes):
         try:
@@ -159,6 +202,11 @@ def _validate(
             raw = json.loads(line)
         except json.JSONDecodeError as e:
             return _quarantine(where, fallback_source, f"invalid JSON: {e.msg} at column {e.colno}", record)
+        except RecursionError:
+            depth = sys.getrecursionlimit()
+            return _quarantine(where, fallback_source, f"invalid JSON: nesting deeper than {depth} levels", record)
+        except ValueError as e:  # e.g. an integer over Python's 4300-digit limit
+            return _quarantine(where, fallback_source, f"invalid JSON: {e}", record)
         if not isinstance(raw, dict):
             return _quarantine(where, fallback_source, f"record is a JSON {type(raw).__name__}, not an object", record)
     assert raw is not None
