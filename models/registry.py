@@ -46,21 +46,6 @@ SIZES: dict[str, dict[str, dict]] = {
         "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512},
         "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024},
     },
-    "jrt": {
-        "tiny": {
-            "n_layer": 3,
-            "n_head": 4,
-            "n_embd": 64,
-            "seq_len": 128,
-            "feature_dim": 8,
-            "window": 16,
-            "pattern": "cls",
-            "prefix_len": 8,
-        },
-        "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256, "window": 32, "prefix_len": 128},
-        "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384, "seq_len": 512, "prefix_len": 256},
-        "125m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024, "prefix_len": 512},
-    },
     "h3": {
         "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "seq_len": 128, "d_state": 16, "attn_layers": [1]},
         "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 256, "attn_layers": [1]},
@@ -74,6 +59,10 @@ SIZES: dict[str, dict[str, dict]] = {
         "125m": {"block_layers": 6, "token_layers": 6, "n_head": 12, "n_embd": 768, "seq_len": 1024},
     },
 }
+
+# JRT-RNN is Based with a read-twice prefix: the same shapes, plus the prefix length per size
+_JRT_PREFIX = {"tiny": 8, "small": 128, "mini": 256, "125m": 512}
+SIZES["jrt"] = {size: {**shape, "prefix_len": _JRT_PREFIX[size]} for size, shape in SIZES["based"].items()}
 
 # n-gram heads on top of every backbone: `transformer+ngram`, `based+ngram`, ... (models/ngram.py)
 for _name in list(ARCHITECTURES):

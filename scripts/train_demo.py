@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from curate.documents import ShardSpec, count_records, expand_inputs, read_shard, write_parquet
+from curate.registry import Strict
+from curate.settings import load_settings
 from indexes.build import build_index
 from indexes.layout import CARD_NAME
 from models.config import TrainConfig
@@ -35,9 +35,7 @@ ARMS = ("curated", "raw")
 HELD_OUT_WEB = "held-out web (test split of the raw index)"
 
 
-class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Experiment(Strict):
     curation: str
     output: str
     train: TrainConfig
@@ -47,13 +45,7 @@ class Experiment(BaseModel):
 
 
 def load_experiment(path: str) -> Experiment:
-    try:
-        return Experiment.model_validate(yaml.safe_load(Path(path).read_text()))
-    except FileNotFoundError:
-        raise ValueError(f"{path} not found") from None
-    except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"{path}: invalid experiment\n  " + "\n  ".join(lines)) from None
+    return load_settings(path, Experiment, "experiment")
 
 
 def curated_run(job: Job, job_path: str, log=print) -> Path:
