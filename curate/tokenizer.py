@@ -17,6 +17,7 @@ vocabulary only, no weights), so an index can share token ids with a neural mode
 from __future__ import annotations
 
 import atexit
+import ctypes
 import hashlib
 import json
 from collections.abc import Iterable
@@ -61,6 +62,15 @@ class TextTokenizer(Protocol):
         ...
 
     def id_to_token(self, token_id: int) -> str | None: ...
+
+    def normalize(self, text: str) -> str:
+        """`text` as the tokenizer sees it before splitting (its normalizer, if any)."""
+        ...
+
+    def pieces(self) -> list[bytes]:
+        """The bytes of text each token id stands for (b"" for special tokens), so that a decoded
+        token stream is the concatenation of its pieces: what phrase queries match against."""
+        ...
 
 
 def fingerprint(tokenizer: TextTokenizer) -> str:
@@ -152,6 +162,30 @@ class HFTokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.tok.id_to_token(token_id)
 
+    def normalize(self, text: str) -> str:
+        normalizer = self.tok.normalizer
+        return text if normalizer is None else normalizer.normalize_str(text).replace("▁", " ")
+
+    def pieces(self) -> list[bytes]:
+        """From the vocabulary strings, read the way the decoder reads them: byte-level BPE maps
+        each character back to its byte; SentencePiece-style "▁" is a space and <0xNN> a byte."""
+        decoder = json.loads(self.tok.to_str()).get("decoder") or {}
+        kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
+        byte_of = {c: b for b, c in _byte_level_alphabet().items()}
+        special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        out = []
+        for token_id in range(self.vocab_size):
+            token = self.tok.id_to_token(token_id)
+            if token is None or token in special:
+                out.append(b"")
+            elif "ByteLevel" in kinds:
+                out.append(bytes(byte_of[c] for c in token) if all(c in byte_of for c in token) else token.encode())
+            elif "ByteFallback" in kinds and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                out.append(bytes([int(token[3:5], 16)]))
+            else:
+                out.append(token.replace("▁", " ").encode())
+        return out
+
 
 class GgufTokenizer:
     """A GGUF model's vocabulary through llama.cpp; `llama` reuses a model already loaded."""
@@ -200,3 +234,30 @@ class GgufTokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.llama._model.token_get_text(token_id) if 0 <= token_id < self.vocab_size else None
+
+    def normalize(self, text: str) -> str:
+        return text  # llama.cpp's SentencePiece and BPE vocabularies tokenize the text as it is
+
+    def pieces(self) -> list[bytes]:
+        """llama.cpp's own piece of each token (special tokens give b""). Through the C call with
+        a buffer that grows: `Llama.detokenize` gives b"" for pieces longer than its buffer."""
+        import llama_cpp
+
+        vocab = self.llama._model.vocab
+        buf = ctypes.create_string_buffer(64)
+        out = []
+        for token_id in range(self.vocab_size):
+            n = llama_cpp.llama_token_to_piece(vocab, token_id, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(vocab, token_id, buf, len(buf), 0, False)
+            out.append(buf.raw[:n])
+        return out
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other bytes
+    for the characters from U+0100 on, in byte order (the mapping `ByteLevel` encodes with)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}

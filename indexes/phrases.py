@@ -1,0 +1,401 @@
+"""Text queries as phrases: a phrase counts wherever it occurs as a sequence of words.
+
+An occurrence starts at the start of a document or right after a whitespace character (a space,
+the start of a line, a tab) and, when the phrase ends in a word character, is not followed by
+another word character: the regex `(?<!\\S)PHRASE(?!\\w)` over the documents' text (as the
+tokenizer normalises it). Tokenizers give a word different ids in different places (byte-level
+BPE: "United" at a line start is `Un`+`ited`, after a space `ĠUnited`; SentencePiece: `▁United`;
+Gemma: after two spaces a `"  "` token then `United`), so one tokenization of the query misses
+most occurrences.
+
+Why at query time and not by normalising the prefix space at build: the index keeps the token
+stream a model trained on it (or a GGUF model scored against it) actually sees, stays readable by
+the official infini-gram engine, and old indexes need no rebuild. Instead the query walks every
+way the token stream can spell the phrase, using only the bytes each token stands for
+(`TextTokenizer.pieces`), so it holds for any lossless tokenizer:
+
+- spaced paths start with a token whose piece holds a whitespace character followed by the start
+  of the phrase (`ĠUnited`, `▁United`, `\\nUn`); they need no look-behind;
+- bare paths start exactly at the phrase; each occurrence is kept when the token before it is a
+  separator (document start) or ends in a whitespace character (also one split over two byte
+  tokens, as Gemma spells U+00A0);
+- every path then follows tokens whose pieces spell the rest of the phrase (so a last token that
+  runs past it, `ĠStates,`, still matches), and the end check reads the next character.
+
+Counts are exact sums over disjoint token paths (one text occurrence has one tokenization).
+Token-id queries (`query_ids`) keep their exact meaning; these functions are for text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import sys
+import weakref
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from indexes import search_loops
+from indexes.engine import Engine, QueryError
+
+WORD = re.compile(r"\w")
+
+
+@cache
+def _whitespace() -> tuple[tuple[bytes, ...], re.Pattern]:
+    """The UTF-8 encodings of every whitespace character (what the regex `\\s` matches), and a
+    pattern finding them in a piece."""
+    chars = tuple(chr(c).encode() for c in range(0x3001) if chr(c).isspace())  # none past U+3000
+    return chars, re.compile(b"|".join(re.escape(e) for e in chars))
+
+
+@dataclass
+class TokenPath:
+    """Token ids that spell the phrase from its first byte (bare) or from a whitespace before it."""
+
+    ids: tuple[int, ...]
+    segments: list[tuple[int, int]]
+    bare: bool
+    leftover: bytes  # what the last token spells past the phrase's end
+
+
+class Vocabulary:
+    """The pieces of an index's tokenizer, arranged for walking phrases."""
+
+    def __init__(self, engine: Engine):
+        if engine.tokenizer is None:
+            raise QueryError("this index was built without a tokenizer; query with token ids")
+        self.pieces = engine.tokenizer.pieces()
+        whitespace, whitespace_re = _whitespace()
+        self.by_piece: dict[bytes, list[int]] = {}
+        spaced: dict[bytes, list[int]] = {}
+        size = len(self.pieces)
+        self.ws_end = np.zeros(size, np.bool_)
+        self.ws_tail: dict[int, list[bytes]] = {}  # token -> the bytes the token before must end with
+        for token_id, piece in enumerate(self.pieces):
+            if not piece:
+                continue
+            self.by_piece.setdefault(piece, []).append(token_id)
+            for m in whitespace_re.finditer(piece):
+                if m.end() < len(piece):
+                    spaced.setdefault(piece[m.end() :], []).append(token_id)
+            self.ws_end[token_id] = any(piece.endswith(e) for e in whitespace)
+            heads = [e[: len(e) - len(piece)] for e in whitespace if len(e) > len(piece) and e.endswith(piece)]
+            if heads:
+                self.ws_tail[token_id] = heads
+        self.sorted_pieces = sorted(self.by_piece)
+        self.spaced = spaced
+        self.sorted_spaced = sorted(spaced)
+
+    def candidates(self, need: bytes, table: dict[bytes, list[int]], ordered: list[bytes]):
+        """(token, piece) whose piece is a prefix of `need` or starts with it."""
+        for k in range(1, len(need) + 1):
+            for token_id in table.get(need[:k], ()):
+                yield token_id, need[:k]
+        i = bisect.bisect_right(ordered, need)
+        while i < len(ordered) and ordered[i].startswith(need):
+            for token_id in table[ordered[i]]:
+                yield token_id, ordered[i]
+            i += 1
+
+
+_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def vocabulary(engine: Engine) -> Vocabulary:
+    """Built once per engine (GGUF: about a second for 262k pieces)."""
+    if engine not in _VOCABULARIES:
+        _VOCABULARIES[engine] = Vocabulary(engine)
+    return _VOCABULARIES[engine]
+
+
+def phrase_bytes(engine: Engine, text: str) -> bytes:
+    if not isinstance(text, str):
+        raise QueryError("query must be a string")
+    if engine.tokenizer is None:
+        raise QueryError("this index was built without a tokenizer; query with token ids")
+    phrase = engine.tokenizer.normalize(text).strip()
+    if not phrase:
+        raise QueryError("the phrase is empty")
+    return phrase.encode()
+
+
+def token_paths(engine: Engine, phrase: bytes) -> list[TokenPath]:
+    """Every token path in the index that spells `phrase` (start checks not yet applied)."""
+    vocab = vocabulary(engine)
+    whole = [(0, shard.token_count) for shard in engine.shards]
+    found: list[TokenPath] = []
+    stack: list[tuple[tuple[int, ...], list[tuple[int, int]], bytes, bool]] = [((), whole, phrase, True)]
+    for token_id, rest in vocab.candidates(phrase, vocab.spaced, vocab.sorted_spaced):
+        _step(engine, (), whole, phrase, False, token_id, rest, stack, found)
+    while stack:
+        ids, segments, need, bare = stack.pop()
+        for token_id, piece in vocab.candidates(need, vocab.by_piece, vocab.sorted_pieces):
+            _step(engine, ids, segments, need, bare, token_id, piece, stack, found)
+    return found
+
+
+def _step(engine, ids, segments, need, bare, token_id, piece, stack, found) -> None:
+    ids = (*ids, token_id)
+    segments = engine._segments(engine._bytes(list(ids)), hints=segments)
+    if all(s == e for s, e in segments):
+        return
+    if len(piece) < len(need):
+        stack.append((ids, segments, need[len(piece) :], bare))
+    else:
+        found.append(TokenPath(ids, segments, bare, piece[len(need) :]))
+
+
+class Occurrences:
+    """The occurrences of a phrase: per path, how many pass the start and end checks."""
+
+    def __init__(self, engine: Engine, text: str, check_end: bool = True):
+        self.engine, self.vocab = engine, vocabulary(engine)
+        self.phrase = phrase_bytes(engine, text)
+        last = self.phrase.decode()[-1]
+        self.word_end = check_end and bool(WORD.match(last))
+        self.paths = token_paths(engine, self.phrase)
+        self.sep = engine.token_id_max
+        # bare paths: the pointers (per shard) that pass the start check
+        self.bare_ptrs = {id(p): self._bare_pointers(p) for p in self.paths if p.bare}
+
+    def _tokens(self, s: int) -> np.ndarray:
+        return self.engine.shards[s].tokens.view(self.engine._dtype)
+
+    def _bare_pointers(self, path: TokenPath) -> list[np.ndarray]:
+        out = []
+        for s, (shard, (lo, hi)) in enumerate(zip(self.engine.shards, path.segments)):
+            if lo == hi:
+                out.append(np.zeros(0, np.int64))
+                continue
+            ptrs = search_loops.pointers_in(shard.table, shard.pointer_width, lo, hi)
+            idx = ptrs // self.engine.token_width
+            toks = self._tokens(s)
+            prev = toks[idx - 1].astype(np.int64)
+            known = prev < self.vocab.ws_end.size
+            ok = (prev == self.sep) | (known & self.vocab.ws_end[np.where(known, prev, 0)])
+            for i in np.flatnonzero(~ok & known):
+                heads = self.vocab.ws_tail.get(int(prev[i]))
+                if heads and idx[i] >= 2:
+                    ok[i] = any(self._piece(int(toks[idx[i] - 2])).endswith(h) for h in heads)
+            out.append(ptrs[ok])
+        return out
+
+    def _piece(self, token_id: int) -> bytes:
+        """A token's bytes; a separator (or an id past the vocabulary) reads as a space."""
+        return self.vocab.pieces[token_id] if token_id < len(self.vocab.pieces) else b" "
+
+    def _verdict(self, pending: bytes) -> bool | None:
+        """Whether what follows the phrase ends its last word: True, False, or None (need more bytes)."""
+        if not self.word_end:
+            return True
+        if not pending:
+            return None
+        for k in range(1, min(4, len(pending)) + 1):
+            try:
+                return not WORD.match(pending[:k].decode())
+            except UnicodeDecodeError:
+                continue
+        return True if len(pending) >= 4 or 0x80 <= pending[0] < 0xC0 else None
+
+    def _ok_at(self, s: int, idx: int, pending: bytes) -> bool:
+        """The end check for one occurrence whose next token is at token index `idx`."""
+        toks = self._tokens(s)
+        while True:
+            verdict = self._verdict(pending)
+            if verdict is not None:
+                return verdict
+            if idx >= toks.size or toks[idx] == self.sep:
+                return True  # the document ends after the phrase
+            pending += self._piece(int(toks[idx]))
+            idx += 1
+
+    def _end_count(self, ids: tuple[int, ...], segments: list[tuple[int, int]], pending: bytes) -> int:
+        """Occurrences of a spaced path whose following text passes the end check (exact)."""
+        verdict = self._verdict(pending)
+        if verdict is not None:
+            return sum(e - s for s, e in segments) if verdict else 0
+        engine, total, deeper = self.engine, 0, set()
+        for shard, (lo, hi) in zip(engine.shards, segments):
+            if lo == hi:
+                continue
+            tokens, counts = search_loops.next_token_counts(
+                shard.tokens, shard.table, shard.pointer_width, engine.token_width,
+                len(ids) * engine.token_width, lo, hi, 1, -1,
+            )  # fmt: skip
+            for token, count in zip(tokens.tolist(), counts.tolist()):
+                if token == -1:
+                    total += count  # the document ends after the phrase
+                    continue
+                verdict = self._verdict(pending + self._piece(token))
+                if verdict is None:
+                    deeper.add(token)
+                elif verdict:
+                    total += count
+        for token in deeper:
+            longer = (*ids, token)
+            total += self._end_count(
+                longer,
+                engine._segments(engine._bytes(list(longer)), hints=segments),
+                pending + self.vocab.pieces[token],
+            )
+        return total
+
+    def path_count(self, path: TokenPath) -> int:
+        if not path.bare:
+            return self._end_count(path.ids, path.segments, path.leftover)
+        n = len(path.ids)
+        return sum(
+            int(sum(self._ok_at(s, int(p) // self.engine.token_width + n, path.leftover) for p in ptrs))
+            if self._verdict(path.leftover) is None
+            else (ptrs.size if self._verdict(path.leftover) else 0)
+            for s, ptrs in enumerate(self.bare_ptrs[id(path)])
+        )
+
+    def count(self) -> int:
+        return sum(self.path_count(p) for p in self.paths)
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
+        """Up to `n` occurrences drawn uniformly with replacement, as (shard, byte pointer of the
+        phrase's first token)."""
+        weights = np.array([self.path_count(p) for p in self.paths], np.float64)
+        if weights.sum() == 0:
+            return []
+        w = self.engine.token_width
+        picks = []
+        attempts = 0
+        while len(picks) < n and attempts < 1000 * n:
+            attempts += 1
+            path = self.paths[int(rng.choice(len(self.paths), p=weights / weights.sum()))]
+            if path.bare:
+                flat = [(s, int(p)) for s, ptrs in enumerate(self.bare_ptrs[id(path)]) for p in ptrs]
+                s, ptr = flat[int(rng.integers(len(flat)))]
+            else:
+                sizes = np.array([e - b for b, e in path.segments])
+                s = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
+                rank = path.segments[s][0] + int(rng.integers(sizes[s]))
+                shard = self.engine.shards[s]
+                ptr = int(search_loops.pointer_at(shard.table, shard.pointer_width, rank))
+            if self._ok_at(s, ptr // w + len(path.ids), path.leftover):
+                picks.append((s, ptr))
+        return picks
+
+    def next_tokens(self, max_support: int) -> tuple[int, dict[int, int], bool]:
+        """(occurrences ending on a token boundary, next-token counts, sampled?) over the phrase's
+        occurrences (no end check: the next token is what is asked for)."""
+        ends = [p for p in self.paths if not p.leftover]
+        total = 0
+        for p in ends:
+            total += sum(x.size for x in self.bare_ptrs[id(p)]) if p.bare else sum(e - s for s, e in p.segments)
+        unit = 1
+        while total > unit * max_support:
+            unit <<= 1
+        freq: dict[int, int] = {}
+        eos = self.engine.eos_token_id
+        for p in ends:
+            if p.bare:
+                for s, ptrs in enumerate(self.bare_ptrs[id(p)]):
+                    toks = self._tokens(s)
+                    idx = ptrs // self.engine.token_width + len(p.ids)
+                    nxt = np.where(idx < toks.size, toks[np.minimum(idx, toks.size - 1)], self.sep).astype(np.int64)
+                    nxt[nxt == self.sep] = eos
+                    for token, count in zip(*np.unique(nxt, return_counts=True)):
+                        freq[int(token)] = freq.get(int(token), 0) + int(count)
+                continue
+            for shard, (lo, hi) in zip(self.engine.shards, p.segments):
+                if lo == hi:
+                    continue
+                tokens, counts = search_loops.next_token_counts(
+                    shard.tokens, shard.table, shard.pointer_width, self.engine.token_width,
+                    len(p.ids) * self.engine.token_width, lo, hi, unit, eos,
+                )  # fmt: skip
+                for token, count in zip(tokens.tolist(), counts.tolist()):
+                    freq[token] = freq.get(token, 0) + count
+        return total, freq, unit > 1
+
+
+# -- the query types over text --------------------------------------------------------------------
+
+
+def count(engine: Engine, text: str) -> dict:
+    return {"count": Occurrences(engine, text).count(), "approx": False}
+
+
+def ntd(engine: Engine, text: str, max_support: int) -> dict:
+    """Next-token distribution after the phrase; prompt_cnt counts the occurrences that end on a
+    token boundary (one that ends inside a token, `ĠStates` in `ĠStatesman`, has no next token)."""
+    total, freq, approx = Occurrences(engine, text, check_end=False).next_tokens(max_support)
+    if total == 0:
+        return {"prompt_cnt": 0, "result_by_token_id": {}, "approx": False}
+    result = {t: {"cont_cnt": c, "prob": c / total} for t, c in sorted(freq.items())}
+    return {"prompt_cnt": total, "result_by_token_id": result, "approx": approx}
+
+
+def _words(text: str) -> list[str]:
+    words = text.split()
+    if len(words) < 2:
+        raise QueryError("a text prob query needs at least two words: the last one is the continuation")
+    return words
+
+
+def prob(engine: Engine, text: str) -> dict:
+    """P(last word | the words before it): phrase count of the whole over that of the prompt."""
+    words = _words(text)
+    return _word_prob(engine, words[:-1], words[-1])
+
+
+def _word_prob(engine: Engine, prompt: list[str], cont: str) -> dict:
+    prompt_cnt = Occurrences(engine, " ".join(prompt)).count() if prompt else engine.card["tokens"]
+    if prompt_cnt == 0:
+        return {"prompt_cnt": 0, "cont_cnt": 0, "prob": -1.0}
+    cont_cnt = Occurrences(engine, " ".join([*prompt, cont])).count()
+    return {"prompt_cnt": prompt_cnt, "cont_cnt": cont_cnt, "prob": cont_cnt / prompt_cnt}
+
+
+def infgram_prob(engine: Engine, text: str) -> dict:
+    """∞-gram over words: back off to the longest suffix of the prompt (in words, `suffix_len`)
+    that occurs; with none, the denominator is the index's token count, as for an empty prompt."""
+    words = _words(text)
+    prompt, cont = words[:-1], words[-1]
+    suffix_len = _longest_seen(engine, prompt, check_end=True)
+    return {**_word_prob(engine, prompt[len(prompt) - suffix_len :], cont), "suffix_len": suffix_len}
+
+
+def infgram_ntd(engine: Engine, text: str, max_support: int) -> dict:
+    words = text.split()
+    if not words:
+        raise QueryError("the phrase is empty")
+    suffix_len = _longest_seen(engine, words, check_end=False)
+    if suffix_len == 0:
+        return {**engine._ntd(np.zeros(0, np.uint8), max_support), "suffix_len": 0}
+    return {**ntd(engine, " ".join(words[len(words) - suffix_len :]), max_support), "suffix_len": suffix_len}
+
+
+def _longest_seen(engine: Engine, words: list[str], check_end: bool) -> int:
+    """Words in the longest suffix of `words` that occurs as a phrase (counts only shrink as a
+    phrase grows, so bisection)."""
+    seen, unseen = 0, len(words) + 1
+    while unseen - seen > 1:
+        mid = (seen + unseen) // 2
+        if Occurrences(engine, " ".join(words[len(words) - mid :]), check_end).count() > 0:
+            seen = mid
+        else:
+            unseen = mid
+    return seen
+
+
+def search_docs(engine: Engine, text: str, maxnum: int, max_disp_len: int) -> dict:
+    """Up to `maxnum` occurrences drawn at random (with replacement), with their documents; the
+    needle is the phrase's first token (for a spaced path, the token holding the space before it)."""
+    occ = Occurrences(engine, text)
+    cnt = occ.count()
+    if cnt == 0:
+        return {"cnt": 0, "approx": False, "documents": []}
+    picks = occ.sample(np.random.default_rng(), maxnum)
+    return {
+        "cnt": cnt,
+        "approx": False,
+        "documents": [engine.get_doc_by_ptr(s, ptr, max_disp_len) for s, ptr in picks],
+    }
