@@ -48,7 +48,8 @@ def init_ray(address: str | None = None, verbose: bool = False, log_file: str | 
             # itself, Ray's health checks otherwise declare the node dead after ~30 s.
             options.update(include_dashboard=False, _node_ip_address="127.0.0.1")
         try:
-            ray.init(address=address, **options)
+            # "local": with no address Ray would join the cluster a `ray start` last left on this host
+            ray.init(address=address or "local", **options)
         except Exception as e:  # Ray raises bare Exceptions (start-up timeouts) and ConnectionErrors
             where = f"at {address}" if address else "locally"
             raise RayStartError(f"Ray did not start {where}: {e}") from e
