@@ -73,6 +73,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("index_dir")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--ray", action="store_true", help="serve with Ray Serve (a local Ray unless --address)")
+    serve.add_argument("--address", help="join this Ray cluster (implies --ray; default $RAY_ADDRESS with --ray)")
+    serve.add_argument(
+        "--replicas", type=int, help="with --ray: replicas, each holding a group of shards (default: one per shard)"
+    )
     serve.set_defaults(func=_index_serve)
 
     cont = index.add_parser(
@@ -164,17 +169,23 @@ def _index_query(args) -> int:
 
 
 def _index_serve(args) -> int:
-    from indexes.server import make_server
+    if args.ray or args.address:
+        from indexes.serve_ray import serve_on_ray
 
-    server = make_server(args.index_dir, args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"serving {args.index_dir} on http://{host}:{port}/ (POST JSON queries; Ctrl-C stops)", file=sys.stderr)
+        return serve_on_ray(args.index_dir, args.host, args.port, args.replicas, args.address)
+    if args.replicas is not None:
+        raise ValueError("--replicas needs --ray (one process serves every shard)")
+    from indexes.server import IndexServer
+
+    server = IndexServer(args.index_dir, args.host, args.port)
+    print(
+        f"serving {args.index_dir} on {server.url} (POST JSON queries; API docs at {server.url}docs; Ctrl-C stops)",
+        file=sys.stderr,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()
     return 0
 
 

@@ -4,33 +4,68 @@
 OR binding tighter than AND, each term matched as a word in running text, i.e. after a space) or
 `query_ids` is a list of token ids (or, for CNF, a list of clauses of lists of ids). For prob and
 infgram_prob the last token is the continuation. Every input is bounded (LIMITS); a bad request
-gets 4xx and {"error": message}.
+gets 4xx and {"error": message}; shards that cannot answer (a Ray Serve replica that died) get 503.
+
+One ASGI app (FastAPI, OpenAPI docs at /docs) serves a single process (`IndexServer`, on uvicorn)
+and the Ray Serve front (indexes/serve_ray.py), which passes an engine that fans out over replicas.
 """
 
-from __future__ import annotations
-
 import json
+import socket
+import threading
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 from indexes.engine import Engine, QueryError
 from indexes.options import QUERY_TYPES
 
-LIMITS = {
-    "body_bytes": 65536,
-    "query_chars": 1000,
-    "query_tokens": 500,
-    "clauses": 4,
-    "terms_per_clause": 4,
+OPTION_LIMITS = {  # request options and their largest values (all integers >= 1)
     "max_support": 1000,
     "max_clause_freq": 500000,
     "max_diff_tokens": 1000,
     "maxnum": 10,
     "max_disp_len": 10000,
 }
-CNF_TYPES = ("count", "find_cnf", "search_docs")
+LIMITS = {
+    "body_bytes": 65536,
+    "query_chars": 1000,
+    "query_tokens": 500,
+    "clauses": 4,
+    "terms_per_clause": 4,
+    **OPTION_LIMITS,
+}
+BACKLOG = 2048  # pending connections the listening socket holds (http.server's 5 overflowed at 100 clients)
+
+Handler = Callable[[Engine, list, dict], dict]
+# How each query type is answered: (engine, token ids, bounded options) -> result. A new engine
+# query type is one line in one of these tables (and its name in indexes/options.QUERY_TYPES).
+NGRAM_QUERIES: dict[str, Handler] = {
+    "count": lambda e, ids, o: e.count(ids),
+    "find": lambda e, ids, o: e.find(ids),
+    "search_docs": lambda e, ids, o: e.search_docs(ids, o.get("maxnum"), o.get("max_disp_len")),
+    "prob": lambda e, ids, o: e.prob(*_continuation(ids, "prob")),
+    "infgram_prob": lambda e, ids, o: e.infgram_prob(*_continuation(ids, "infgram_prob")),
+    "ntd": lambda e, ids, o: e.ntd(ids, o.get("max_support")),
+    "infgram_ntd": lambda e, ids, o: e.infgram_ntd(ids, o.get("max_support")),
+}
+# CNF forms (several terms, or find_cnf always): (engine, clauses of lists of ids, options) -> result
+CNF_QUERIES: dict[str, Handler] = {
+    "count": lambda e, cnf, o: e.count_cnf(cnf, o.get("max_clause_freq"), o.get("max_diff_tokens")),
+    "find_cnf": lambda e, cnf, o: e.find_cnf(cnf, o.get("max_clause_freq"), o.get("max_diff_tokens")),
+    "search_docs": lambda e, cnf, o: e.search_docs_cnf(
+        cnf, o.get("maxnum"), o.get("max_disp_len"), o.get("max_clause_freq"), o.get("max_diff_tokens")
+    ),
+}
+# Documents by position: (engine, the request, options) -> one document
+DOC_QUERIES: dict[str, Handler] = {
+    "get_doc_by_rank": lambda e, r, o: e.get_doc_by_rank(_int(r, "s"), _int(r, "rank"), o.get("max_disp_len")),
+    "get_doc_by_ptr": lambda e, r, o: e.get_doc_by_ptr(_int(r, "s"), _int(r, "ptr"), o.get("max_disp_len")),
+}
+
+
+class ShardsUnavailable(RuntimeError):
+    """Some shards could not answer (their replica died or is restarting): the client gets 503."""
 
 
 def answer(engine: Engine, request: dict) -> dict:
@@ -39,51 +74,27 @@ def answer(engine: Engine, request: dict) -> dict:
     if not isinstance(request, dict):
         raise QueryError("the request must be a JSON object")
     query_type = request.get("query_type")
-    if query_type not in QUERY_TYPES:
+    if not isinstance(query_type, str) or query_type not in QUERY_TYPES:
         raise QueryError(f"query_type must be one of {', '.join(QUERY_TYPES)}")
-    opts = {
-        name: _bounded(request, name)
-        for name in ("max_support", "max_clause_freq", "max_diff_tokens", "maxnum", "max_disp_len")
-        if name in request
-    }
+    opts = {name: _bounded(request, name) for name in OPTION_LIMITS if name in request}
 
-    if query_type in ("get_doc_by_rank", "get_doc_by_ptr"):
-        s, position = _int(request, "s"), _int(request, "rank" if query_type == "get_doc_by_rank" else "ptr")
-        result = getattr(engine, query_type)(s, position, opts.get("max_disp_len"))
-        return _with_text(engine, result) | {"latency": _ms(t0)}
-
-    cnf = _query_cnf(engine, request) if query_type in CNF_TYPES else None
-    if cnf is not None and (len(cnf) > 1 or len(cnf[0]) > 1 or query_type == "find_cnf"):
-        if query_type == "count":
-            result = engine.count_cnf(cnf, opts.get("max_clause_freq"), opts.get("max_diff_tokens"))
-        elif query_type == "find_cnf":
-            result = engine.find_cnf(cnf, opts.get("max_clause_freq"), opts.get("max_diff_tokens"))
-        else:
-            result = engine.search_docs_cnf(
-                cnf,
-                opts.get("maxnum"),
-                opts.get("max_disp_len"),
-                opts.get("max_clause_freq"),
-                opts.get("max_diff_tokens"),
-            )
-        ids = cnf
+    if query_type in DOC_QUERIES:
+        return _with_text(engine, DOC_QUERIES[query_type](engine, request, opts)) | {"latency": _ms(t0)}
+    cnf = _query_cnf(engine, request) if query_type in CNF_QUERIES else None
+    if cnf is not None and (len(cnf) > 1 or len(cnf[0]) > 1 or query_type not in NGRAM_QUERIES):
+        ids, result = cnf, CNF_QUERIES[query_type](engine, cnf, opts)
     else:
         ids = cnf[0][0] if cnf is not None else _query_ids(engine, request)
-        if query_type == "count":
-            result = engine.count(ids)
-        elif query_type == "find":
-            result = engine.find(ids)
-        elif query_type == "search_docs":
-            result = engine.search_docs(ids, opts.get("maxnum"), opts.get("max_disp_len"))
-        elif query_type in ("prob", "infgram_prob"):
-            if not ids:
-                raise QueryError(f"{query_type} needs at least one token: the last one is the continuation")
-            result = getattr(engine, query_type)(ids[:-1], ids[-1])
-        else:  # ntd, infgram_ntd
-            result = getattr(engine, query_type)(ids, opts.get("max_support"))
+        result = NGRAM_QUERIES[query_type](engine, ids, opts)
     if "documents" in result:
         result["documents"] = [_with_text(engine, doc) for doc in result["documents"]]
     return result | {"token_ids": ids, "tokens": _pieces(engine, ids), "latency": _ms(t0)}
+
+
+def _continuation(ids: list[int], query_type: str) -> tuple[list[int], int]:
+    if not ids:
+        raise QueryError(f"{query_type} needs at least one token: the last one is the continuation")
+    return ids[:-1], ids[-1]
 
 
 def _query_ids(engine: Engine, request: dict) -> list[int]:
@@ -164,63 +175,124 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    engine: Engine  # set by make_server
-
-    def do_GET(self) -> None:
-        if self.path not in ("/", "/info"):
-            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; POST queries to /"})
-        self._send(
-            HTTPStatus.OK,
-            {"index": str(self.engine.index_dir), **self.engine.card, "query_types": QUERY_TYPES, "limits": LIMITS},
-        )
-
-    def do_POST(self) -> None:
-        if self.path not in ("/", "/query"):
-            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; POST queries to /"})
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            return self._send(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-        if int(length) > LIMITS["body_bytes"]:
-            return self._send(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the body is larger than {LIMITS['body_bytes']} bytes"}
-            )
-        body = self.rfile.read(int(length))
-        try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            return self._send(HTTPStatus.BAD_REQUEST, {"error": f"the body is not JSON: {e}"})
-        try:
-            result = answer(self.engine, request)
-        except QueryError as e:
-            return self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-        except Exception as e:  # a bug: say so, keep serving
-            return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"})
-        self._send(HTTPStatus.OK, result)
-
-    def _send(self, status: HTTPStatus, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args) -> None:  # quiet: one line per request is noise here
-        pass
-
-
-def make_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    """A threaded server (port 0 picks a free one); call serve_forever() on it."""
-    engine = Engine(index_dir)
-    for query_type in (
-        "count",
-        "ntd",
-        "infgram_prob",
-        "get_doc_by_rank",
-    ):  # load the compiled search loops now, not on the first request
+def warm_up(engine: Engine) -> None:
+    """Load the compiled search loops now, not on the first request."""
+    for query_type in ("count", "ntd", "infgram_prob", "get_doc_by_rank"):
         answer(engine, {"query_type": query_type, "query_ids": [0], "s": 0, "rank": 0})
-    handler = type("IndexHandler", (_Handler,), {"engine": engine})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+
+
+# -- the ASGI app -----------------------------------------------------------------------------------
+
+_REQUEST_SCHEMA = {  # for the OpenAPI docs only: the body is parsed and checked by `answer`
+    "type": "object",
+    "required": ["query_type"],
+    "properties": {
+        "query_type": {"type": "string", "enum": list(QUERY_TYPES)},
+        "query": {"type": "string", "maxLength": LIMITS["query_chars"], "description": "text; 'a AND b OR c' is a CNF"},
+        "query_ids": {
+            "type": "array",
+            "description": "token ids, or for a CNF a list of clauses of lists of token ids",
+            "items": {},
+        },
+        **{name: {"type": "integer", "minimum": 1, "maximum": top} for name, top in OPTION_LIMITS.items()},
+        "s": {"type": "integer", "description": "shard (get_doc_by_rank, get_doc_by_ptr)"},
+        "rank": {"type": "integer", "description": "suffix-array rank in shard s (get_doc_by_rank)"},
+        "ptr": {"type": "integer", "description": "byte offset in shard s (get_doc_by_ptr)"},
+    },
+}
+
+
+def make_app(engine: Engine):
+    """The JSON API as a FastAPI app: GET / (the index card and limits), POST / (a query), /docs.
+    FastAPI is imported here, so that `curate index query` (which uses `answer`) starts without it;
+    the routes' annotations are evaluated at definition (no `from __future__ import annotations`
+    in this module), which is how FastAPI finds `Request`."""
+    from fastapi import FastAPI, Request, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="curate index", summary="infini-gram style queries over a curate index")
+
+    def reply(status: int, payload: dict) -> Response:
+        # json.dumps, not JSONResponse: the engine's float answers stay as Python writes them
+        return Response(json.dumps(payload, ensure_ascii=False), status_code=status, media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return reply(error.status_code, {"error": f"{error.detail}: {request.method} {request.url.path}"})
+
+    @app.get("/", summary="the index card, the query types and the limits")
+    @app.get("/info", include_in_schema=False)
+    async def info() -> Response:
+        return reply(200, {"index": str(engine.index_dir), **engine.card, "query_types": QUERY_TYPES, "limits": LIMITS})
+
+    @app.post(
+        "/",
+        summary="answer one query",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}},
+    )
+    @app.post("/query", include_in_schema=False)
+    async def query(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > LIMITS["body_bytes"]:
+            return reply(413, {"error": f"the body is larger than {LIMITS['body_bytes']} bytes"})
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > LIMITS["body_bytes"]:
+                return reply(413, {"error": f"the body is larger than {LIMITS['body_bytes']} bytes"})
+        try:
+            parsed = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            return reply(400, {"error": f"the body is not JSON: {e}"})
+        try:
+            return reply(200, await run_in_threadpool(answer, engine, parsed))
+        except QueryError as e:
+            return reply(400, {"error": str(e)})
+        except ShardsUnavailable as e:
+            return reply(503, {"error": str(e)})
+        except Exception as e:  # a bug: say so, keep serving
+            return reply(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+
+    return app
+
+
+class IndexServer:
+    """The app on uvicorn in this process, on a socket bound at construction (port 0 picks a free one)."""
+
+    def __init__(self, index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
+        import uvicorn
+
+        engine = Engine(index_dir)
+        warm_up(engine)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self.socket = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        self.host, self.port = self.socket.getsockname()[:2]
+        config = uvicorn.Config(make_app(engine), backlog=BACKLOG, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def serve_forever(self) -> None:
+        """Serve until Ctrl-C (SIGINT or SIGTERM when on the main thread) or `stop()`."""
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def start(self) -> "IndexServer":
+        """Serve from a background thread (tests, benchmarks); returns once it accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,11 +1,17 @@
 """The user's path: `curate tokenizer train`, `curate index build|query|contamination|dedup`, and the
 HTTP API (answers equal the engine's, bad input gets 4xx, fuzzed input never gets 5xx, concurrent
-clients are served)."""
+clients are served, clients that hang up leave no traceback, `curate index serve` as a process)."""
 
 from __future__ import annotations
 
 import json
-import threading
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +22,7 @@ from hypothesis import strategies as st
 
 from curate.cli import main
 from indexes.engine import Engine
-from indexes.server import QUERY_TYPES, make_server
+from indexes.server import BACKLOG, QUERY_TYPES, IndexServer, answer
 from tests.index_support import DATA
 
 
@@ -49,12 +55,9 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(built):
-    srv = make_server(built / "ix", "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    srv.shutdown()
-    srv.server_close()
+    srv = IndexServer(built / "ix", "127.0.0.1", 0).start()
+    yield srv.url
+    srv.stop()
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -201,11 +204,91 @@ def test_http_bad_input_gets_4xx_with_a_message(server, request_body, status):
 def test_http_serves_concurrent_clients(built, server):
     engine = Engine(built / "ix")
     words = [" the", " river", " city", " war", " first", " of the", " in the", " and"]
-    expected = {w: engine.count(engine.tokenize(w))["count"] for w in words}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda w: (w, _query(server, query_type="count", query=w)), words * 10))
+    expected = {w: answer(engine, {"query_type": "count", "query": w})["count"] for w in words}
+    with ThreadPoolExecutor(max_workers=100) as pool:  # 100 clients at once, 400 requests
+        results = list(pool.map(lambda w: (w, _query(server, query_type="count", query=w)), words * 50))
     for word, (status, out) in results:
         assert status == 200 and out["count"] == expected[word]
+
+
+def test_http_serves_openapi_docs_and_json_errors(server):
+    with urllib.request.urlopen(server + "openapi.json", timeout=30) as response:
+        spec = json.loads(response.read())
+    body = spec["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["query_type"]["enum"] == list(QUERY_TYPES)
+    with urllib.request.urlopen(server + "docs", timeout=30) as response:
+        assert response.status == 200 and b"swagger" in response.read().lower()
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(server + "nope", timeout=30)
+    assert error.value.code == 404 and "/nope" in json.loads(error.value.read())["error"]
+    with urllib.request.urlopen(server, timeout=30) as response:
+        info = json.loads(response.read())
+    assert info["limits"]["body_bytes"] == 65536 and info["query_types"] == list(QUERY_TYPES)
+
+
+def test_http_clients_that_hang_up_leave_no_traceback(server, capfd):
+    host, port = server.removeprefix("http://").rstrip("/").split(":")
+    body = json.dumps({"query_type": "search_docs", "query": " the", "maxnum": 10, "max_disp_len": 10000}).encode()
+    head = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    for cut in (len(head) // 2, len(head) + 3, None):  # mid-header, mid-body, before reading the answer
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall((head.encode() + body)[: cut if cut is None else cut])
+    status, out = _query(server, query_type="count", query=" the")
+    assert status == 200 and out["count"] > 0
+    time.sleep(0.5)  # let the server notice the hang-ups before looking at what it wrote
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen) -> None:
+    """Until the server answers (its start-up loads numba and the tokenizer), or it exits."""
+    while process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"the server exited with {process.returncode}: {process.stderr.read()}")
+
+
+def test_cli_serve_runs_as_a_process_and_answers(built):
+    engine = Engine(built / "ix")
+    port = _free_port()
+    curate = os.path.join(os.path.dirname(sys.executable), "curate")
+    process = subprocess.Popen(
+        [curate, "index", "serve", str(built / "ix"), "--host", "127.0.0.1", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for(url, process)
+        status, out = _query(url, query_type="count", query=" the river")
+        assert (
+            status == 200
+            and out["count"] == answer(engine, {"query_type": "count", "query": " the river"})["count"] > 0
+        )
+        status, out = _query(url, query_type="ntd", query=" the", max_support=10**6)
+        assert status == 400 and "max_support" in out["error"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and f"http://127.0.0.1:{port}/" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not shutil.which("ss"), reason="needs ss (iproute2) to read the listen queue")
+def test_listen_backlog_is_large(server):
+    """http.server's backlog of 5 overflowed under 100 clients; `ss` shows a listener's backlog as Send-Q."""
+    port = server.removeprefix("http://").rstrip("/").split(":")[1]
+    line = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    assert int(line.split()[2]) == min(BACKLOG, somaxconn) > 5
 
 
 _ids = st.lists(
