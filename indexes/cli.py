@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from curate.local_model import GEMMA_NAME
-from indexes.options import DEFAULT_CONTEXT, DEFAULT_MIN_TOKENS, DEFAULT_NGRAM, DEFAULT_SHARD_TOKENS, QUERY_TYPES
+from indexes.options import (
+    DEFAULT_ATTRIBUTE_MIN_TOKENS,
+    DEFAULT_CONTEXT,
+    DEFAULT_MIN_TOKENS,
+    DEFAULT_NGRAM,
+    DEFAULT_SHARD_TOKENS,
+    QUERY_TYPES,
+)
 from indexes.suffix_array import SORTERS
 
 
@@ -62,12 +69,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     query.add_argument(
         "query",
         nargs="?",
-        help="text (count/search_docs/find_cnf accept 'a OR b AND c'); prob: the last token is the continuation",
+        help=(
+            "text: a phrase of words, counted after whitespace and at document and line starts "
+            "(count/search_docs/find_cnf also accept 'a OR b AND c'); prob: the last word is the continuation"
+        ),
     )
     query.add_argument("--ids", action="store_true", help="QUERY is a JSON list of token ids instead of text")
     for name in ("max_support", "maxnum", "max_disp_len", "max_clause_freq", "max_diff_tokens", "s", "rank", "ptr"):
         query.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
     query.set_defaults(func=_index_query)
+
+    attr = index.add_parser(
+        "attribute", help="the maximal spans of a text found verbatim in the index, with counts and documents"
+    )
+    attr.add_argument("index_dir")
+    attr.add_argument("--text", required=True, help="the text to trace (e.g. a model's output)")
+    attr.add_argument(
+        "--min-tokens",
+        type=int,
+        default=DEFAULT_ATTRIBUTE_MIN_TOKENS,
+        help=f"shortest span reported (default {DEFAULT_ATTRIBUTE_MIN_TOKENS})",
+    )
+    attr.add_argument("--maxnum", type=int, default=1, help="documents shown per span (default 1)")
+    attr.add_argument("--max-disp-len", type=int, help="tokens of each document shown around the span")
+    attr.set_defaults(func=_index_attribute)
 
     serve = index.add_parser("serve", help="serve the HTTP JSON API")
     serve.add_argument("index_dir")
@@ -165,6 +190,15 @@ def _index_query(args) -> int:
         if getattr(args, name) is not None:
             request[name] = getattr(args, name)
     print(json.dumps(answer(Engine(args.index_dir), request), ensure_ascii=False))
+    return 0
+
+
+def _index_attribute(args) -> int:
+    from indexes.attribution import attribute
+    from indexes.engine import Engine
+
+    result = attribute(Engine(args.index_dir), args.text, args.min_tokens, args.maxnum, args.max_disp_len)
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 

@@ -5,7 +5,8 @@ DEFAULT_SHARD_TOKENS = 500_000_000  # tokens per shard of `curate index build`
 DEFAULT_NGRAM = 13  # contamination: n-gram length checked against the index
 DEFAULT_MIN_TOKENS = 50  # dedup: shortest repeated span removed
 DEFAULT_CONTEXT = 1024  # neural perplexity: the model's window in tokens
+DEFAULT_ATTRIBUTE_MIN_TOKENS = 8  # attribute: shortest verbatim span reported
 QUERY_TYPES = (
     "count", "prob", "ntd", "infgram_prob", "infgram_ntd",
-    "find", "find_cnf", "search_docs", "get_doc_by_rank", "get_doc_by_ptr",
+    "find", "find_cnf", "search_docs", "get_doc_by_rank", "get_doc_by_ptr", "attribute",
 )  # fmt: skip

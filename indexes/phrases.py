@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import re
-import sys
 import weakref
 from dataclasses import dataclass
 from functools import cache
@@ -399,3 +398,17 @@ def search_docs(engine: Engine, text: str, maxnum: int, max_disp_len: int) -> di
         "approx": False,
         "documents": [engine.get_doc_by_ptr(s, ptr, max_disp_len) for s, ptr in picks],
     }
+
+
+# How each query type answers text: (engine, text, bounded options) -> result. The HTTP API and
+# the CLI send text here and token ids to the engine's own methods.
+TEXT_QUERIES = {
+    "count": lambda e, text, o: count(e, text),
+    "prob": lambda e, text, o: prob(e, text),
+    "infgram_prob": lambda e, text, o: infgram_prob(e, text),
+    "ntd": lambda e, text, o: ntd(e, text, o.get("max_support") or e.max_support),
+    "infgram_ntd": lambda e, text, o: infgram_ntd(e, text, o.get("max_support") or e.max_support),
+    "search_docs": lambda e, text, o: search_docs(
+        e, text, o.get("maxnum") or e.maxnum, o.get("max_disp_len") or e.max_disp_len
+    ),
+}

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from indexes.attribution import attribute
 from indexes.engine import Engine, QueryError
 from indexes.options import QUERY_TYPES
+from indexes.phrases import TEXT_QUERIES
 
 OPTION_LIMITS = {  # request options and their largest values (all integers >= 1)
     "max_support": 1000,
@@ -26,6 +28,7 @@ OPTION_LIMITS = {  # request options and their largest values (all integers >= 1
     "max_diff_tokens": 1000,
     "maxnum": 10,
     "max_disp_len": 10000,
+    "min_tokens": 1000,
 }
 LIMITS = {
     "body_bytes": 65536,
@@ -80,6 +83,18 @@ def answer(engine: Engine, request: dict) -> dict:
 
     if query_type in DOC_QUERIES:
         return _with_text(engine, DOC_QUERIES[query_type](engine, request, opts)) | {"latency": _ms(t0)}
+    if query_type == "attribute":
+        if not isinstance(request.get("query"), str) or len(request["query"]) > LIMITS["query_chars"]:
+            raise QueryError(f"attribute needs `query`: a text of at most {LIMITS['query_chars']} characters")
+        text, options = request["query"], (opts.get(n) for n in ("min_tokens", "maxnum", "max_disp_len"))
+        return attribute(engine, text, *options) | {"latency": _ms(t0)}
+    if query_type in TEXT_QUERIES and _is_phrase(request):
+        # text is a phrase of words (indexes/phrases.py); token ids keep their exact meaning
+        result = TEXT_QUERIES[query_type](engine, request["query"], opts)
+        if "documents" in result:
+            result["documents"] = [_with_text(engine, doc) for doc in result["documents"]]
+        ids = engine.tokenize(" " + request["query"].strip())
+        return result | {"token_ids": ids, "tokens": _pieces(engine, ids), "latency": _ms(t0)}
     cnf = _query_cnf(engine, request) if query_type in CNF_QUERIES else None
     if cnf is not None and (len(cnf) > 1 or len(cnf[0]) > 1 or query_type not in NGRAM_QUERIES):
         ids, result = cnf, CNF_QUERIES[query_type](engine, cnf, opts)
@@ -89,6 +104,16 @@ def answer(engine: Engine, request: dict) -> dict:
     if "documents" in result:
         result["documents"] = [_with_text(engine, doc) for doc in result["documents"]]
     return result | {"token_ids": ids, "tokens": _pieces(engine, ids), "latency": _ms(t0)}
+
+
+def _is_phrase(request: dict) -> bool:
+    """A text query that is not a CNF ("a AND b OR c")."""
+    text = request.get("query")
+    if "query_ids" in request or not isinstance(text, str) or " AND " in text or " OR " in text:
+        return False
+    if len(text) > LIMITS["query_chars"]:
+        raise QueryError(f"query is longer than {LIMITS['query_chars']} characters")
+    return True
 
 
 def _continuation(ids: list[int], query_type: str) -> tuple[list[int], int]:
