@@ -7,12 +7,17 @@ Steps, in CCNet's order: strip, lower-case, strip accents (NFD, drop combining m
 decimal digit to "0", ~34 unicode punctuation marks to ASCII, drop control characters.
 `normalize` does it with one `str.translate` table; `normalize_reference` is the plain
 step-by-step version it is tested against (and the baseline of benchmarks/perplexity.py).
+`DocumentLines` normalises a batch of documents once for every model that scores it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
 
 # CCNet's UNICODE_PUNCT mapping (punct=1). "１" is in CCNet's table too, but digits are replaced
 # first, so it always becomes "0".
@@ -101,3 +106,33 @@ def normalize_reference(line: str) -> str:
     line = _DIGIT_RE.sub("0", line)
     line = "".join(UNICODE_PUNCT.get(c, c) for c in line)
     return _NON_PRINTING_RE.sub("", line)
+
+
+@dataclass(frozen=True)
+class DocumentLines:
+    """A batch of documents cut into CCNet lines and normalised once. Each distinct non-empty line
+    is kept once, so a model scores boilerplate that repeats across the batch once, and the
+    harmful stage's two or three models share the work; empty lines are only counted (they
+    score the same everywhere)."""
+
+    distinct: list[str]  # the distinct non-empty normalised lines, in order of first appearance
+    doc: np.ndarray  # the document of each non-empty line, in document then line order
+    line: np.ndarray  # for each of those, its index in `distinct`
+    empty: np.ndarray  # empty lines per document
+
+    @classmethod
+    def of(cls, texts: Iterable[str]) -> DocumentLines:
+        index: dict[str, int] = {}
+        doc: list[int] = []
+        line: list[int] = []
+        empty: list[int] = []
+        for d, text in enumerate(texts):
+            lines = [normalize(raw) for raw in text.split("\n")]
+            nonempty = [index.setdefault(norm, len(index)) for norm in lines if norm]
+            line += nonempty
+            doc += [d] * len(nonempty)
+            empty.append(len(lines) - len(nonempty))
+        return cls(list(index), np.asarray(doc, np.int64), np.asarray(line, np.int64), np.asarray(empty, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.empty)
