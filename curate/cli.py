@@ -95,7 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--guard", help="benign model of the filtered genre (web pages): abstain on text it explains better"
     )
-    cal.add_argument("--web", nargs="+", help="unlabelled files of the filtered genre: report their flag rate")
+    cal.add_argument(
+        "--web", nargs="+", help="unlabelled pages of the filtered genre: fit the guard on their val split, report"
+    )
+    cal.add_argument(
+        "--web-flagged", type=float, default=0.02, help="share of the --web val pages the guard lets be flagged"
+    )
     cal.add_argument("--candidates", type=int, default=200, help="thresholds swept (at least 100)")
     cal.set_defaults(func=_lm_calibrate)
 
@@ -164,7 +169,14 @@ def _lm_calibrate(args) -> int:
         raise ValueError("--candidates must be at least 100")
     if args.labeled:
         harmful.calibrate_model(
-            args.model, args.labeled, args.label_field, args.reference, args.candidates, guard=args.guard, web=args.web
+            args.model,
+            args.labeled,
+            args.label_field,
+            args.reference,
+            args.candidates,
+            guard=args.guard,
+            web=args.web,
+            web_flagged=args.web_flagged,
         )
     else:
         harmful.calibrate_valley(args.model, args.unlabeled)

@@ -11,7 +11,10 @@ import numpy as np
 from curate import calibrate
 from curate.documents import read_texts
 from curate.lm import LanguageModel, perplexity
+from curate.normalize import DocumentLines
 from curate.splits import split_of
+
+WEB_FLAGGED = 0.02  # default: at most this share of the benign web pages of the val split flagged
 
 
 def load_labeled(
@@ -44,10 +47,13 @@ def calibrate_model(
     log=print,
     guard: str | Path | None = None,
     web: list[str] | None = None,
+    web_flagged: float | None = WEB_FLAGGED,
 ) -> dict:
     """Thresholds on the val split, figures on the test split; the out-of-domain guard's levels
     from the harmful val documents (`guard`: a benign model that knows the filtered genre, e.g.
-    web pages); with `web`, the share of those unlabelled documents flagged, with and without it."""
+    web pages trained on their `train` split). With `web` (unlabelled, almost all benign pages of
+    that genre) and a guard model, the guard's margin is raised until at most `web_flagged` of
+    their `val` split is flagged; the share flagged is reported on their val and test splits."""
     texts, labels, splits = load_labeled(labeled, label_field)
     split = np.asarray(splits)
     val, test = split == "val", split == "test"
@@ -77,22 +83,54 @@ def calibrate_model(
     levels = guard_levels(scores, val & labels, guard)
     unguarded = results[default]
     t = _oriented(unguarded["threshold"], default)
-    guarded_test = calibrate.metrics(flag_score(scores, default, levels)[test], labels[test], t)
-    guarded = {**unguarded, "test": calibrate.as_dict(guarded_test)}
-    thresholds = {"default": default, **results, "guard": {**levels, "test": guarded["test"]}}
+    if web:
+        web_docs = list(read_texts(web))
+        web_split = np.asarray([split_of(doc["id"]) for doc in web_docs])
+        web_scores = harmfulness(lm, ref, [doc["text"] for doc in web_docs], guard_lm)
+        if guard_lm is not None and web_flagged is not None:
+            levels = fit_web_margin(levels, web_scores, web_split == "val", default, t, web_flagged)
+    flags, parts = flag_score(scores, default, levels), (("validation", val), ("test", test))
+    measured = {part: calibrate.as_dict(calibrate.metrics(flags[rows], labels[rows], t)) for part, rows in parts}
+    guarded = {**unguarded, **measured}
+    thresholds = {"default": default, **results, "guard": {**levels, **measured}}
     lm.card.setdefault("thresholds", {})["harmful"] = thresholds
     lm.save_card()
     log(format_table({**results, f"{default} + guard": guarded}, default))
     if web:
-        web_texts = [doc["text"] for doc in read_texts(web)]
-        web_scores = harmfulness(lm, ref, web_texts, guard_lm)
-        bare, kept = (np.mean(flag_score(web_scores, default, g) > t) for g in (None, levels))
-        what = f"unlabelled web text ({len(web_texts)} documents of {', '.join(web)})"
-        log(f"{what} flagged: {bare:.1%} without the guard, {kept:.1%} with it")
+        log(f"unlabelled web text ({len(web_docs)} documents of {', '.join(web)}) flagged:")
+        for part, note in (("val", ", the guard's margin fitted here" if "web" in levels else ""), ("test", "")):
+            pages = web_split == part
+            bare, kept = (np.mean((flag_score(web_scores, default, g) > t)[pages]) for g in (None, levels))
+            log(f"  {part} split ({int(pages.sum())} pages{note}): {bare:.1%} without the guard, {kept:.1%} with it")
     return lm.card["thresholds"]["harmful"]
 
 
 GUARD_QUANTILES = (2.0, 99.0)  # of the harmful val documents: lowest guard margin, highest harmful perplexity
+
+
+def fit_web_margin(
+    levels: dict, scores: dict[str, np.ndarray], pages: np.ndarray, kind: str, threshold: float, share: float
+) -> dict:
+    """The guard's margin level raised, if need be, until at most `share` of the web `pages` (the
+    val split of unlabelled pages of the filtered genre, taken as benign) are flagged: the level
+    falls halfway between the margin of the first page over the share and the next higher one.
+    The harmful documents' own level is a floor, so the guard never gets weaker than it was."""
+    if not 0 <= share < 1:
+        raise ValueError(f"the share of web pages flagged must lie in [0, 1), got {share}")
+    n = int(pages.sum())
+    if n == 0:
+        raise ValueError("no web page falls in the val split: give more unlabelled web pages to fit the guard on")
+    over = (flag_score(scores, kind, {"max_harmful_ppl": levels["max_harmful_ppl"]}) > threshold)[pages]
+    margins = np.sort(scores["harmful_guard_margin"][pages][over])[::-1]
+    allowed = int(np.floor(share * n))
+    floor = levels["min_margin"]
+    level = floor
+    if np.sum(margins >= floor) > allowed:
+        higher = margins[margins > margins[allowed]]
+        level = (margins[allowed] + higher.min()) / 2 if len(higher) else float(np.nextafter(margins[allowed], np.inf))
+    web = {"pages": n, "share": share, "floor": floor}
+    how = f"; min_margin at least what flags at most {share:.1%} of {n} val-split web pages"
+    return {**levels, "min_margin": float(level), "web": web, "from": levels["from"] + how}
 
 
 def guard_levels(scores: dict[str, np.ndarray], harmful_val: np.ndarray, guard: str | Path | None) -> dict:
@@ -194,17 +232,19 @@ def harmfulness(
 ) -> dict[str, np.ndarray]:
     """Perplexities and the harmfulness score (higher = more harmful): the contrastive
     log10-probability difference when a reference is given, else minus log10 perplexity; with a
-    guard model, the same difference against it (`harmful_guard_margin`, NaN without)."""
-    log10_sum, tokens = lm.score_many(texts)
+    guard model, the same difference against it (`harmful_guard_margin`, NaN without). The texts
+    are cut into lines and normalised once for all the models."""
+    lines = DocumentLines.of(texts)
+    log10_sum, tokens = lm.score_lines(lines)
     harm_lp = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
     out = {"harmful_ppl": perplexity(log10_sum, tokens)}
     if guard is not None:
-        guard_sum, guard_tokens = guard.score_many(texts)
+        guard_sum, guard_tokens = guard.score_lines(lines)
         out["harmful_guard_margin"] = harm_lp - guard_sum / guard_tokens
     else:
         out["harmful_guard_margin"] = np.full(len(texts), np.nan)
     if reference is not None:
-        ref_sum, ref_tokens = reference.score_many(texts)
+        ref_sum, ref_tokens = reference.score_lines(lines)
         ref_lp = ref_sum / ref_tokens
         out["harmful_ref_ppl"] = perplexity(ref_sum, ref_tokens)
         out["harmful_score"] = harm_lp - ref_lp

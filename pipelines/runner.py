@@ -127,7 +127,14 @@ def prepare_models(job: Job, log=print) -> dict[str, str]:
             guard = _resolve(cal.guard, dirs) if cal.guard else None
             log(f"calibrating {name} on {cal.labeled}")
             harmful.calibrate_model(
-                dirs[name], cal.labeled, cal.label_field, reference, log=log, guard=guard, web=cal.web
+                dirs[name],
+                cal.labeled,
+                cal.label_field,
+                reference,
+                log=log,
+                guard=guard,
+                web=cal.web,
+                web_flagged=cal.web_flagged,
             )
     return dirs
 

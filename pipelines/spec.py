@@ -37,8 +37,9 @@ class Calibration(Strict):
         None, description="benign model of the filtered genre (e.g. web pages) for the out-of-domain guard"
     )
     web: list[str] | None = Field(
-        None, description="unlabelled files of the filtered genre: their flag rate is reported"
+        None, description="unlabelled pages of the filtered genre: the guard is fitted on their val split, reported"
     )
+    web_flagged: float = Field(0.02, ge=0, lt=1, description="share of the `web` val pages the guard lets be flagged")
 
 
 class TrainingInput(Strict):

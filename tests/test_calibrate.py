@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from curate import harmful
 from curate.calibrate import metrics, sweep, valley
 from curate.splits import split_of
 
@@ -41,3 +42,43 @@ def test_split_is_stable_and_roughly_60_20_20():
     assert parts == [split_of(i) for i in ids]
     shares = {p: parts.count(p) / len(parts) for p in ("train", "val", "test")}
     assert shares["train"] == pytest.approx(0.6, abs=0.02) and shares["val"] == pytest.approx(0.2, abs=0.02)
+
+
+def _web_scores(margins: list[float], scores: list[float]) -> dict[str, np.ndarray]:
+    n = len(margins)
+    return {
+        "harmful_score": np.asarray(scores, dtype=float),
+        "harmful_ppl": np.full(n, 100.0),
+        "harmful_guard_margin": np.asarray(margins, dtype=float),
+    }
+
+
+def test_web_margin_is_raised_until_the_share_is_met():
+    """Ten val pages, four over the threshold with margins 0.5, 0.3, 0.3, 0.1; at most 10% (one
+    page) may stay flagged: the level falls halfway between 0.5 and the next lower margin, 0.3."""
+    margins = [0.5, 0.3, 0.3, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    scores = [1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
+    levels = {"max_harmful_ppl": 1000.0, "min_margin": -1.0, "from": "x"}
+    fitted = harmful.fit_web_margin(levels, _web_scores(margins, scores), np.ones(10, bool), "contrastive", 0.0, 0.1)
+    assert fitted["min_margin"] == pytest.approx(0.4)
+    assert fitted["web"] == {"pages": 10, "share": 0.1, "floor": -1.0}
+    flagged = harmful.flag_score(_web_scores(margins, scores), "contrastive", fitted) > 0.0
+    assert flagged.sum() == 1
+    # 20%: two pages may stay, but the two at 0.3 tie: only the one at 0.5 does
+    fitted = harmful.fit_web_margin(levels, _web_scores(margins, scores), np.ones(10, bool), "contrastive", 0.0, 0.2)
+    assert fitted["min_margin"] == pytest.approx(0.4)
+    # pages outside the fitting split do not count, and the harmful tweets' own level is a floor
+    pages = np.array([False] * 4 + [True] * 6)
+    fitted = harmful.fit_web_margin(levels, _web_scores(margins, scores), pages, "contrastive", 0.0, 0.1)
+    assert fitted["min_margin"] == -1.0
+
+
+def test_web_margin_refuses_bad_shares_and_empty_splits():
+    scores = _web_scores([0.1, 0.2], [1.0, 1.0])
+    levels = {"max_harmful_ppl": 1000.0, "min_margin": 0.0, "from": "x"}
+    with pytest.raises(ValueError, match="must lie in"):
+        harmful.fit_web_margin(levels, scores, np.ones(2, bool), "contrastive", 0.0, 1.5)
+    with pytest.raises(ValueError, match="no web page falls in the val split"):
+        harmful.fit_web_margin(levels, scores, np.zeros(2, bool), "contrastive", 0.0, 0.1)
+    top = harmful.fit_web_margin(levels, scores, np.ones(2, bool), "contrastive", 0.0, 0.0)
+    assert top["min_margin"] > 0.2  # share 0: even the page with the highest margin abstains
