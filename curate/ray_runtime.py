@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -53,8 +54,32 @@ def init_ray(address: str | None = None, verbose: bool = False, log_file: str | 
         except Exception as e:  # Ray raises bare Exceptions (start-up timeouts) and ConnectionErrors
             where = f"at {address}" if address else "locally"
             raise RayStartError(f"Ray did not start {where}: {e}") from e
+        if not address:
+            _watch_local_ray()
     if log_file is not None:
         _route.workers()
+
+
+def _watch_local_ray() -> None:
+    """Have the agents of the local Ray this process started die with it, even by SIGKILL
+    (curate/ray_watchdog.py): the watchdog reads a pipe that only this process holds open."""
+    from ray._private import worker
+
+    node = worker._global_node  # Ray has no public API for its node's processes
+    raylet = node.all_processes.get("raylet") if node is not None else None
+    if raylet:
+        _watchdogs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "curate.ray_watchdog", str(raylet[0].process.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # not in the driver's process group, so a kill of the group spares it
+            )
+        )
+
+
+_watchdogs: list[subprocess.Popen] = []  # held for the process's life: their pipes close when it ends
 
 
 def ray_log_file(out_dir: str | Path) -> Path:

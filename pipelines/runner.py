@@ -4,7 +4,9 @@
 2. Inputs are cut into shards (slices of files). Pending shards flow through Ray Data: a read
    task validates records, then one actor pool per stage adds its score columns (models load
    once per actor). The driver gathers each shard's rows and writes `work/shard-N.parquet`
-   atomically: a finished shard is never redone when the job is run again.
+   atomically, stamped with its input: a rerun reuses a finished shard unless its input changed.
+   The run holds a lock on the output directory (`curate.lock`), and a set of outputs is finished
+   once manifest.json, removed before the split and written last, is there again.
 3. Filters need run-wide numbers (CCNet percentiles), so each stage fits its thresholds on the
    scores of the documents that reach it (`fit_stages`), then every shard is split into kept/,
    rejected/ (with the stage and reason) and quarantine/ (`split_shard`), and the parts are
@@ -18,7 +20,9 @@ declares the models to resolve, its score columns and the resources of its Ray w
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -28,10 +32,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate import harmful, lm, registry
 from curate.atomic import write_text
-from curate.documents import ShardSpec, expand_inputs, plan_shards, read_shard, sha256_file, write_parquet
+from curate.documents import (
+    InputError,
+    ShardSpec,
+    expand_inputs,
+    is_unreadable,
+    plan_shards,
+    read_shard,
+    sha256_file,
+    write_parquet,
+)
+from curate.lock import LOCK_NAME, output_lock
 from curate.ray_runtime import init_ray, ray_log_file
 from curate.stages import Stage
 from pipelines import report
@@ -43,6 +58,12 @@ from pipelines.training import train_step
 
 QUARANTINE_COLUMNS = ["id", "source", "input_file", "input_row", "error", "raw"]
 INTERNAL = ("_shard", "_shard_rows")
+IDS = "ids"  # the stage charged with the later copies of a duplicate id (job option duplicate_ids)
+# a finished shard's stamp, in its Parquet metadata: the slice it was cut from and its file's sha256
+STAMP_KEY = b"curate.shard"
+# written last (manifest.json) and removed before a run rewrites the outputs: a directory without
+# a manifest is an unfinished output set
+FINAL_FILES = ("manifest.json", "report.json", "report.html")
 
 
 def run_job(
@@ -54,6 +75,23 @@ def run_job(
     verbose: bool = False,
 ) -> dict:
     out_dir = Path(out or job.output_dir()).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecError(f"the output directory {out_dir} is a file: name a directory with --out")
+    contents = [p for p in out_dir.iterdir() if p.name != LOCK_NAME] if out_dir.is_dir() else []
+    if fresh and contents and not (out_dir / "work" / "state.json").is_file():
+        raise SpecError(f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError(f"cannot make the output directory {out_dir}: {e.strerror}") from e
+    with output_lock(out_dir, log):
+        if fresh:  # everything but the lock, which this run holds
+            for path in [p for p in out_dir.iterdir() if p.name != LOCK_NAME]:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        return _run_locked(job, out_dir, address, log, verbose)
+
+
+def _run_locked(job: Job, out_dir: Path, address: str | None, log, verbose: bool) -> dict:
     started = time.time()
     model_dirs = prepare_models(job, log)
     stages = [build_stage(entry, model_dirs) for entry in job.stages]
@@ -62,12 +100,6 @@ def run_job(
     work = out_dir / "work"
     state_file = work / "state.json"
     config_hash = job.config_hash()
-    if fresh and out_dir.exists():
-        if any(out_dir.iterdir()) and not state_file.is_file():
-            raise SpecError(
-                f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)"
-            )
-        shutil.rmtree(out_dir)
     if state_file.is_file():
         previous = json.loads(state_file.read_text())["config_hash"]
         if previous != config_hash:
@@ -79,8 +111,10 @@ def run_job(
     write_text(state_file, json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
 
     files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
+    digests = {path: sha256_file(path) for path, _ in files}
     shards = plan_shards(files, job.shard_docs)
-    pending = [s for s in shards if not _shard_file(work, s.shard).is_file()]
+    stamps = {s.shard: _stamp(s, digests[Path(s.path)]) for s in shards}
+    pending = _pending(shards, stamps, work, log)
     log(
         f"{len(shards)} shards from {len(files)} files; "
         f"{len(shards) - len(pending)} already done, {len(pending)} to process"
@@ -91,14 +125,14 @@ def run_job(
         with contextlib.ExitStack() as serving:  # what stages need while the plan runs (LLM servers)
             for stage in stages:
                 serving.enter_context(stage.serving())
-            score_shards(pending, stages, job, work, address, verbose)
+            score_shards(pending, stages, job, work, address, verbose, stamps)
 
     t0 = time.time()
-    result = split_outputs(shards, stages, work, out_dir, log)
+    result = split_outputs(shards, stages, work, out_dir, log, job.duplicate_ids)
     log(f"fitted thresholds and split outputs in {time.time() - t0:.1f} s")
     if job.index:
         result = index_outputs(job.index, out_dir, result, log)
-    manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started)
+    manifest = write_manifest(job, config_hash, shards, files, result, out_dir, time.time() - started, digests)
     report.write(out_dir, manifest, result, stages, job.report_samples)
     if job.train:
         train_step(job.train, out_dir, address, log)
@@ -184,6 +218,50 @@ def _shard_file(work: Path, shard: int) -> Path:
     return work / f"shard-{shard:05d}.parquet"
 
 
+def _stamp(spec: ShardSpec, sha256: str) -> dict[str, Any]:
+    """What a finished shard must have been cut from to be reused: the same slice of the same bytes."""
+    return {"path": spec.path, "start": spec.start, "stop": spec.stop, "source": spec.source, "sha256": sha256}
+
+
+def _stamp_of(path: Path) -> dict[str, Any] | None:
+    """The stamp of a finished shard file; None when there is none (or the file is unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        return json.loads(metadata[STAMP_KEY]) if STAMP_KEY in metadata else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
+def _pending(shards: list[ShardSpec], stamps: dict[int, dict], work: Path, log) -> list[ShardSpec]:
+    """The shards to score. A finished shard is reused only if it was cut from the same slice of
+    the same bytes (its stamp): a resume never serves stale data. One whose file grew or shrank
+    before it moves under its new number; the rest are stale and removed."""
+    key = functools.partial(json.dumps, sort_keys=True)
+    for leftover in work.glob(".shard-*.parquet.moving"):  # a run killed while moving shards: redone
+        leftover.unlink()
+    found = {path: _stamp_of(path) for path in work.glob("shard-*.parquet")}
+    by_stamp = {key(stamp): path for path, stamp in found.items() if stamp}
+    reuse = {_shard_file(work, s.shard): by_stamp.get(key(stamps[s.shard])) for s in shards}
+    reuse = {target: source for target, source in reuse.items() if source is not None}
+    moving = {t: source.with_name(f".{source.name}.moving") for t, source in reuse.items() if source != t}
+    for target, temporary in moving.items():
+        os.replace(reuse[target], temporary)
+    stale = [path for path in found if path.exists() and reuse.get(path) != path]
+    if stale:
+        digests = {stamp["path"]: stamp["sha256"] for stamp in stamps.values()}
+        old = [stamp for path in stale if (stamp := found[path])]
+        changed = sorted({o["path"] for o in old if o["path"] in digests and o["sha256"] != digests[o["path"]]})
+        why = f"input changed since it was scored: {', '.join(changed)}" if changed else "cut from other input"
+        log(f"{len(stale)} finished shards are stale ({why}): scoring their documents again")
+        for path in stale:
+            path.unlink()
+    for target, temporary in moving.items():
+        os.replace(temporary, target)
+    return [s for s in shards if _shard_file(work, s.shard) not in reuse]
+
+
 # ---------------------------------------------------------------- phase 1: read and score on Ray
 
 
@@ -219,7 +297,13 @@ def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
 
 
 def score_shards(
-    pending: list[ShardSpec], stages: list[Stage], job: Job, work: Path, address: str | None, verbose: bool = False
+    pending: list[ShardSpec],
+    stages: list[Stage],
+    job: Job,
+    work: Path,
+    address: str | None,
+    verbose: bool = False,
+    stamps: dict[int, dict] | None = None,
 ) -> None:
     import ray
 
@@ -236,7 +320,7 @@ def score_shards(
     docs = sum(s.stop - s.start for s in pending)
     # with --verbose Ray's own lines share the terminal, so progress prints lines, not one in place
     with Progress("scoring", len(pending), docs, updating=False if verbose else None) as progress:
-        sink = _ShardSink(work, progress)
+        sink = _ShardSink(work, progress, stamps or {})
         # no prefetching: with it Ray Data hands over a block only once the next one exists, so the
         # shard that finishes last but one would wait for the slowest (an LLM shard) to be written
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
@@ -248,8 +332,8 @@ def score_shards(
 class _ShardSink:
     """Gathers rows by shard on the driver; writes a shard once all its rows have arrived."""
 
-    def __init__(self, work: Path, progress: Progress):
-        self.work, self.progress = work, progress
+    def __init__(self, work: Path, progress: Progress, stamps: dict[int, dict]):
+        self.work, self.progress, self.stamps = work, progress, stamps
         self.parts: dict[int, list[pa.Table]] = defaultdict(list)
         self.seen: dict[int, int] = defaultdict(int)
 
@@ -268,6 +352,9 @@ class _ShardSink:
             self.seen[shard] += len(part)
             if self.seen[shard] == part["_shard_rows"][0].as_py():
                 table = pa.concat_tables(self.parts.pop(shard)).sort_by("input_row").drop_columns(list(INTERNAL))
+                if shard in self.stamps:
+                    metadata = {**(table.schema.metadata or {}), STAMP_KEY: json.dumps(self.stamps[shard])}
+                    table = table.replace_schema_metadata(metadata)
                 write_parquet(table, _shard_file(self.work, shard))
                 self.progress.advance(len(table))
 
@@ -275,14 +362,21 @@ class _ShardSink:
 # ---------------------------------------------------------------- phase 2: fit thresholds, split
 
 
-def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log) -> RunResult:
+def split_outputs(
+    shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log, duplicate_ids: str = "reject"
+) -> RunResult:
     """Fit the stages on the run's scores, split every shard with the fitted parameters, collect."""
     scored = [_shard_file(work, s.shard) for s in shards]
     scores = read_scores(scored, stages)
-    params = fit_stages(stages, scores, log)
+    duplicates = find_duplicates(scores, duplicate_ids)
+    params = fit_stages(stages, scores, log, duplicates)
+    for name in FINAL_FILES:  # from here until the manifest is written again, the output set is unfinished
+        (out_dir / name).unlink(missing_ok=True)
     for sub in ("kept", "rejected", "quarantine"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
-    split = [split_shard(spec.shard, path, stages, params, out_dir) for spec, path in zip(shards, scored)]
+    split = [
+        split_shard(spec.shard, path, stages, params, out_dir, duplicates) for spec, path in zip(shards, scored)
+    ]
     result = RunResult.collect(split, params, scores)
     log(f"wrote {len(result.files)} output files to {out_dir}")
     return result
@@ -290,7 +384,7 @@ def split_outputs(shards: list[ShardSpec], stages: list[Stage], work: Path, out_
 
 def read_scores(files: list[Path], stages: list[Stage]) -> pl.DataFrame:
     """id, source, error and every stage's score columns of all the scored shards."""
-    columns = ["id", "source", "error"] + [c for s in stages for c in s.columns]
+    columns = ["id", "source", "error", "input_file", "input_row"] + [c for s in stages for c in s.columns]
     return (
         pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
         if files
@@ -298,12 +392,44 @@ def read_scores(files: list[Path], stages: list[Stage]) -> pl.DataFrame:
     )
 
 
-def fit_stages(stages: list[Stage], scores: pl.DataFrame, log) -> list[dict[str, Any]]:
+def find_duplicates(scores: pl.DataFrame, mode: str) -> pl.DataFrame:
+    """The later copies of ids seen earlier in the run (input order), with the reason that names
+    the first copy: `input_file`, `input_row`, `_duplicate`. Empty when `mode` is keep; with
+    `error`, the first repeat stops the run."""
+    found = pl.DataFrame(schema={"input_file": pl.String, "input_row": pl.Int64, "_duplicate": pl.String})
+    if mode == "keep" or not len(scores):
+        return found
+    valid = scores.filter(pl.col("error").is_null()).select("id", "input_file", "input_row")
+    repeats = valid.with_columns(
+        first_file=pl.col("input_file").first().over("id"),
+        first_row=pl.col("input_row").first().over("id"),
+        copy=pl.col("input_row").cum_count().over("id"),
+    ).filter(pl.col("copy") > 1)
+    if mode == "error" and len(repeats):
+        r = repeats.row(0, named=True)
+        raise InputError(
+            f"duplicate id {r['id']!r}: {r['input_file']} row {r['input_row']} repeats {r['first_file']} row "
+            f"{r['first_row']} (the job's duplicate_ids: error; `reject` or `keep` let the run go on)"
+        )
+    reason = pl.format("duplicate id '{}': first seen in {} row {}", "id", "first_file", "first_row")
+    return repeats.select("input_file", "input_row", _duplicate=reason)
+
+
+def _undecided(docs: pl.DataFrame, duplicates: pl.DataFrame) -> pl.DataFrame:
+    """Valid documents with their decision columns, set only for the later copies of a duplicate id."""
+    docs = docs.join(duplicates, on=["input_file", "input_row"], how="left", maintain_order="left")
+    return docs.with_columns(
+        reject_stage=pl.when(pl.col("_duplicate").is_not_null()).then(pl.lit(IDS)).otherwise(pl.lit(None, pl.String)),
+        reject_reason=pl.col("_duplicate"),
+    ).drop("_duplicate")
+
+
+def fit_stages(
+    stages: list[Stage], scores: pl.DataFrame, log, duplicates: pl.DataFrame | None = None
+) -> list[dict[str, Any]]:
     """Each stage's run-wide parameters, fitted on the valid documents that reach it (not
-    rejected by an earlier stage)."""
-    valid = scores.filter(pl.col("error").is_null()).with_columns(
-        reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String)
-    )
+    rejected by an earlier stage, nor a later copy of a duplicate id)."""
+    valid = _undecided(scores.filter(pl.col("error").is_null()), _or_none(duplicates))
     params = []
     for stage in stages:
         p = stage.fit(valid.filter(pl.col("reject_stage").is_null()))
@@ -313,8 +439,17 @@ def fit_stages(stages: list[Stage], scores: pl.DataFrame, log) -> list[dict[str,
     return params
 
 
+def _or_none(duplicates: pl.DataFrame | None) -> pl.DataFrame:
+    return find_duplicates(pl.DataFrame(), "keep") if duplicates is None else duplicates
+
+
 def split_shard(
-    shard: int, path: Path, stages: list[Stage], params: list[dict[str, Any]], out_dir: Path
+    shard: int,
+    path: Path,
+    stages: list[Stage],
+    params: list[dict[str, Any]],
+    out_dir: Path,
+    duplicates: pl.DataFrame | None = None,
 ) -> ShardOutput:
     """Write one scored shard's kept/, rejected/ and quarantine/ parts (plus the documents the
     stages make from the kept ones)."""
@@ -322,8 +457,7 @@ def split_shard(
     timing = [c for c in df.columns if c.startswith("_seconds_")]
     seconds = {c.removeprefix("_seconds_"): float(df[c].sum()) for c in timing}
     df = df.drop(timing)
-    docs = df.filter(pl.col("error").is_null()).drop(["error", "raw"])
-    docs = docs.with_columns(reject_stage=pl.lit(None, pl.String), reject_reason=pl.lit(None, pl.String))
+    docs = _undecided(df.filter(pl.col("error").is_null()).drop(["error", "raw"]), _or_none(duplicates))
     for stage, p in zip(stages, params):
         docs = _apply(docs, stage, p)
     parts = {
@@ -360,11 +494,22 @@ def _apply(df: pl.DataFrame, stage: Stage, params: dict) -> pl.DataFrame:
 
 
 def write_manifest(
-    job: Job, config_hash: str, shards: list[ShardSpec], files, result: RunResult, out_dir: Path, seconds: float
+    job: Job,
+    config_hash: str,
+    shards: list[ShardSpec],
+    files,
+    result: RunResult,
+    out_dir: Path,
+    seconds: float,
+    digests: dict[Path, str] | None = None,
 ) -> dict:
     scores = result.scores
     total_input = sum(s.stop - s.start for s in shards)
     stage_names = [e.kind for e in job.stages] + ([DEDUP] if job.index and job.index.dedup_min_tokens else [])
+    rejected = result.rejected
+    duplicates = int((rejected["reject_stage"] == IDS).sum()) if len(rejected) else 0
+    if duplicates:  # shown only when the run had some, so that a run without keeps its manifest's shape
+        stage_names = [IDS] + stage_names
 
     def counts(source: str | None) -> dict:
         def n(frame: pl.DataFrame) -> int:
@@ -390,9 +535,16 @@ def write_manifest(
         "config_hash": config_hash,
         **counts(None),
         "sources": {src: counts(src) for src in sorted(scores["source"].unique().to_list())} if len(scores) else {},
-        "inputs": [{"path": str(p), "source": s, "sha256": sha256_file(p)} for p, s in files],
+        "inputs": [{"path": str(p), "source": s, "sha256": (digests or {}).get(p) or sha256_file(p)} for p, s in files],
+        # damaged files: where reading stopped; each unreadable rest is one of the quarantined
+        "unreadable": [
+            {"file": r["input_file"], "row": r["input_row"], "error": r["error"]}
+            for r in (result.quarantine.iter_rows(named=True) if len(result.quarantine) else [])
+            if is_unreadable(r["error"])
+        ],
         "shards": result.files,
-        "stages": [{"stage": name, **p} for name, p in zip(stage_names, result.params)],
+        "stages": ([{"stage": IDS, "duplicate_ids": job.duplicate_ids}] if duplicates else [])
+        + [{"stage": name, **p} for name, p in zip([n for n in stage_names if n != IDS], result.params)],
         "index": result.index,
         "seconds": {"total": round(seconds, 2), **{k: round(v, 2) for k, v in result.seconds.items()}},
     }

@@ -116,6 +116,10 @@ class Job(Strict):
     max_doc_bytes: int = Field(1_000_000, ge=1)
     workers: int | None = Field(None, ge=1, description="actors per stage; default: the cluster's CPUs")
     report_samples: int = Field(3, ge=0)
+    duplicate_ids: Literal["reject", "keep", "error"] = Field(
+        "reject",
+        description="an id seen earlier in the run: reject the later copy (stage `ids`), keep it, or stop the run",
+    )
 
     def config_hash(self) -> str:
         """Everything that decides the output, not where it goes."""
