@@ -67,6 +67,14 @@ class RemoteShard:
     doc_count: int
     token_count: int
 
+    def __getattr__(self, name: str):
+        """Code that reads a shard's arrays itself (not through the engine's primitives) cannot run on
+        the front: say so as a bad request rather than fail."""
+        raise QueryError(
+            f"this query reads shard data directly ({name}), which the Ray deployment does not serve; "
+            "send query_ids (token ids) or use `curate index serve` without --ray"
+        )
+
 
 class ShardedEngine(Engine):
     """The Engine's API over shard groups that answer elsewhere (DeploymentHandles to ShardGroup)."""
