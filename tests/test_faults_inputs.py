@@ -140,3 +140,18 @@ def test_the_output_lock_names_its_live_holder_and_is_taken_over_when_stale(tmp_
         assert len(lines) == 1
     finally:
         holder.kill()
+
+
+def test_the_ray_watchdog_refuses_a_process_that_is_not_its_drivers_raylet():
+    """It kills only Ray processes under the raylet its own parent started: given anything else
+    (here init, and this test's own process) it exits at once without touching a process."""
+    for pid in (1, os.getpid()):
+        done = subprocess.run(
+            [sys.executable, "-m", "curate.ray_watchdog", str(pid)],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and "is not a raylet of this process's parent" in done.stdout
