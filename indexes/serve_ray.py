@@ -12,6 +12,7 @@ restarting) fails the query with 503; no partial answer is ever merged.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -230,13 +231,21 @@ def serve_on_ray(index_dir: str | Path, host: str, port: int, replicas: int | No
     """The CLI's `--ray`: start or join Ray, deploy, serve until Ctrl-C, then take the app down."""
     from ray import serve
 
-    from curate.ray_runtime import init_ray
+    from curate.ray_runtime import init_ray, ray_log_file
 
-    read_card(Path(index_dir))  # a missing or broken index fails here, before Ray starts
-    init_ray(address)
-    url = deploy(index_dir, host, port, replicas)
-    print(f"serving {index_dir} with Ray Serve on {url} (API docs at {url}docs; Ctrl-C stops)", file=sys.stderr)
+    shards = read_card(Path(index_dir))["shards"]  # a missing or broken index fails here, before Ray starts
+    split_shards(shards, shards if replicas is None else replicas)  # and so does a wrong --replicas
+    log_file = ray_log_file(Path(index_dir).resolve().parent)
+    init_ray(address, log_file=log_file)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # both take the app down (a background job ignores SIGINT)
+        signal.signal(stop, _interrupt)
     try:
+        url = deploy(index_dir, host, port, replicas)
+        print(
+            f"serving {index_dir} with Ray Serve on {url} (API docs at {url}docs; Ctrl-C stops; "
+            f"Ray's records in {log_file})",
+            file=sys.stderr,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -244,3 +253,7 @@ def serve_on_ray(index_dir: str | Path, host: str, port: int, replicas: int | No
     finally:
         serve.delete(APP_NAME)
     return 0
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
