@@ -100,6 +100,8 @@ def calibrate_model(
         log(f"unlabelled web text ({len(web_docs)} documents of {', '.join(web)}) flagged:")
         for part, note in (("val", ", the guard's margin fitted here" if "web" in levels else ""), ("test", "")):
             pages = web_split == part
+            if not pages.any():
+                continue
             bare, kept = (np.mean((flag_score(web_scores, default, g) > t)[pages]) for g in (None, levels))
             log(f"  {part} split ({int(pages.sum())} pages{note}): {bare:.1%} without the guard, {kept:.1%} with it")
     return lm.card["thresholds"]["harmful"]

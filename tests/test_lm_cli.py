@@ -216,9 +216,12 @@ def test_models_are_skipped_when_up_to_date_and_recalibrated_after_a_retrain(dav
             "vocab": 400,
             "calibrate": {"labeled": [labelled], "reference": "benign"},
         },
-        "benign": {"input": [{"path": labelled, "where": {"harmful": False}, "split": "train"}], "order": 3},
+        "benign": {
+            "input": [{"path": labelled, "where": {"harmful": False}, "split": "train"}],
+            "order": 3,
+            "vocab": 300,
+        },
     }
-    spec["benign"]["vocab"] = 300
     stages = [{"harmful": {"model": "unused"}}]
     root = tmp_path / "kenlm"
     logs: list[str] = []
