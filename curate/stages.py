@@ -39,17 +39,25 @@ from pydantic import BaseModel
 class Resources:
     """What each Ray worker of a stage asks for. `cpus` None: an equal share of a core with the
     reads and the other stages (Ray's CPU counts are logical, so no stage starves the others of
-    a slot); `concurrency` None: the job's `workers` actors."""
+    a slot); `concurrency` None: the job's `workers` actors. `custom`: Ray custom resources, which
+    place the workers on the nodes that offer them (`ray start --resources='{"stages": 8}'`)."""
 
     cpus: float | None = None
     gpus: float = 0.0
     concurrency: int | None = None
+    custom: dict[str, float] = field(default_factory=dict)
 
-    def resolve(self, share: float, workers: int) -> Resources:
-        return Resources(self.cpus if self.cpus is not None else share, self.gpus, self.concurrency or workers)
+    def resolve(self, share: float, workers: int, custom: dict[str, float] | None = None) -> Resources:
+        """No None left; the job's `custom` resources (`stage_resources`) under the stage's own."""
+        cpus = self.cpus if self.cpus is not None else share
+        return Resources(cpus, self.gpus, self.concurrency or workers, {**(custom or {}), **self.custom})
 
-    def ray_options(self) -> dict[str, float]:
-        return {"num_cpus": self.cpus, **({"num_gpus": self.gpus} if self.gpus else {})}
+    def ray_options(self) -> dict[str, Any]:
+        return {
+            "num_cpus": self.cpus,
+            **({"num_gpus": self.gpus} if self.gpus else {}),
+            **({"resources": dict(self.custom)} if self.custom else {}),
+        }
 
 
 @dataclass(frozen=True)

@@ -316,7 +316,7 @@ def score_shards(
         _shard_datasource(pending, job.max_doc_bytes), override_num_blocks=len(pending), num_cpus=share
     )
     for stage in stages:
-        ds = stage.plan(ds, job.batch_docs, stage.resources.resolve(share, workers))
+        ds = stage.plan(ds, job.batch_docs, stage.resources.resolve(share, workers, job.stage_resources))
     docs = sum(s.stop - s.start for s in pending)
     # with --verbose Ray's own lines share the terminal, so progress prints lines, not one in place
     with Progress("scoring", len(pending), docs, updating=False if verbose else None) as progress:

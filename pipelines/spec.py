@@ -115,6 +115,11 @@ class Job(Strict):
     batch_docs: int = Field(256, ge=1)
     max_doc_bytes: int = Field(1_000_000, ge=1)
     workers: int | None = Field(None, ge=1, description="actors per stage; default: the cluster's CPUs")
+    stage_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources each stage actor asks for, e.g. {stages: 0.01}: the stages then run "
+        "only on nodes started with `ray start --resources='{\"stages\": 1}'` (docs/scale.md)",
+    )
     report_samples: int = Field(3, ge=0)
     duplicate_ids: Literal["reject", "keep", "error"] = Field(
         "reject",
@@ -123,8 +128,11 @@ class Job(Strict):
 
     def config_hash(self) -> str:
         """Everything that decides the output, not where it goes."""
-        # training resumes under its own check (TrainConfig.run_hash), so `train` may change
-        data = self.model_dump(mode="json", exclude={"output", "workers", "train"}, exclude_none=True)
+        # training resumes under its own check (TrainConfig.run_hash), so `train` may change; where
+        # the work runs (`workers`, `stage_resources`) does not change the output
+        data = self.model_dump(
+            mode="json", exclude={"output", "workers", "stage_resources", "train"}, exclude_none=True
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:
