@@ -40,6 +40,7 @@ from indexes import search_loops
 from indexes.engine import Engine, QueryError
 
 WORD = re.compile(r"\w")
+AFTER = 8  # tokens read past an occurrence for its end check (a longer run of partial bytes counts as ended)
 
 
 @cache
@@ -68,6 +69,11 @@ class Vocabulary:
             raise QueryError("this index was built without a tokenizer; query with token ids")
         self.pieces = engine.tokenizer.pieces()
         whitespace, whitespace_re = _whitespace()
+        ends_in_whitespace = re.compile(b"(?:" + whitespace_re.pattern + rb")\Z")
+        tails: dict[bytes, list[bytes]] = {}  # the end of a whitespace character -> the bytes before it
+        for e in whitespace:
+            for k in range(1, len(e)):
+                tails.setdefault(e[k:], []).append(e[:k])
         self.by_piece: dict[bytes, list[int]] = {}
         spaced: dict[bytes, list[int]] = {}
         size = len(self.pieces)
@@ -80,10 +86,9 @@ class Vocabulary:
             for m in whitespace_re.finditer(piece):
                 if m.end() < len(piece):
                     spaced.setdefault(piece[m.end() :], []).append(token_id)
-            self.ws_end[token_id] = any(piece.endswith(e) for e in whitespace)
-            heads = [e[: len(e) - len(piece)] for e in whitespace if len(e) > len(piece) and e.endswith(piece)]
-            if heads:
-                self.ws_tail[token_id] = heads
+            self.ws_end[token_id] = ends_in_whitespace.search(piece) is not None
+            if piece in tails:
+                self.ws_tail[token_id] = tails[piece]
         self.sorted_pieces = sorted(self.by_piece)
         self.spaced = spaced
         self.sorted_spaced = sorted(spaced)
@@ -111,10 +116,15 @@ def vocabulary(engine: Engine) -> Vocabulary:
 
 
 def phrase_bytes(engine: Engine, text: str) -> bytes:
+    """The phrase as the tokenizer normalises it, without the spaces at its ends, in UTF-8."""
     if not isinstance(text, str):
         raise QueryError("query must be a string")
     if engine.tokenizer is None:
         raise QueryError("this index was built without a tokenizer; query with token ids")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        raise QueryError("the query is not valid Unicode text") from None
     phrase = engine.tokenizer.normalize(text).strip()
     if not phrase:
         raise QueryError("the phrase is empty")
@@ -148,38 +158,56 @@ def _step(engine, ids, segments, need, bare, token_id, piece, stack, found) -> N
 
 
 class Occurrences:
-    """The occurrences of a phrase: per path, how many pass the start and end checks."""
+    """The occurrences of a phrase: per path, how many pass the start and end checks.
+
+    Per-shard work goes through the engine (`_segments`, `_next_token_freq`, `get_doc_by_rank`),
+    so an engine whose shards answer elsewhere (indexes/serve_ray.py) gets the same answers; a
+    local shard's tokens are read directly, in bulk."""
 
     def __init__(self, engine: Engine, text: str, check_end: bool = True):
         self.engine, self.vocab = engine, vocabulary(engine)
         self.phrase = phrase_bytes(engine, text)
-        last = self.phrase.decode()[-1]
-        self.word_end = check_end and bool(WORD.match(last))
+        self.word_end = check_end and bool(WORD.match(self.phrase.decode()[-1]))
         self.paths = token_paths(engine, self.phrase)
         self.sep = engine.token_id_max
-        # bare paths: the pointers (per shard) that pass the start check
-        self.bare_ptrs = {id(p): self._bare_pointers(p) for p in self.paths if p.bare}
+        # bare paths, per shard: the ranks of the occurrences that pass the start check, and the
+        # tokens past each
+        self.bare = {id(p): self._bare(p) for p in self.paths if p.bare}
 
-    def _tokens(self, s: int) -> np.ndarray:
-        return self.engine.shards[s].tokens.view(self.engine._dtype)
+    def _around(self, s: int, lo: int, hi: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the occurrences at ranks [lo, hi) of shard `s` of an `n`-token path: the two tokens
+        before each (separators before a document's start) and the AFTER tokens past the path
+        (a separator at the document's end)."""
+        shard, w = self.engine.shards[s], self.engine.token_width
+        if hasattr(shard, "tokens"):  # a local shard: its tokens in bulk
+            toks = shard.tokens.view(self.engine._dtype)
+            idx = search_loops.pointers_in(shard.table, shard.pointer_width, lo, hi) // w
+            near = idx[:, None] + np.arange(-2, n + AFTER)[None, :]
+            got = np.where((near >= 0) & (near < toks.size), toks[np.clip(near, 0, toks.size - 1)], self.sep)
+            return got[:, :2].astype(np.int64), got[:, 2 + n :].astype(np.int64)
+        before, after = np.full((hi - lo, 2), self.sep, np.int64), np.full((hi - lo, AFTER), self.sep, np.int64)
+        for row, rank in enumerate(range(lo, hi)):  # a window of the document around each occurrence
+            doc = self.engine.get_doc_by_rank(s, rank, 2 * (n + AFTER))
+            i, toks = doc["needle_offset"], doc["token_ids"]
+            before[row, 2 - min(i, 2) :] = toks[max(i - 2, 0) : i]
+            tail = toks[i + n : i + n + AFTER]
+            after[row, : len(tail)] = tail
+        return before, after
 
-    def _bare_pointers(self, path: TokenPath) -> list[np.ndarray]:
+    def _bare(self, path: TokenPath) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
-        for s, (shard, (lo, hi)) in enumerate(zip(self.engine.shards, path.segments)):
+        for s, (lo, hi) in enumerate(path.segments):
             if lo == hi:
-                out.append(np.zeros(0, np.int64))
+                out.append((np.zeros(0, np.int64), np.zeros((0, AFTER), np.int64)))
                 continue
-            ptrs = search_loops.pointers_in(shard.table, shard.pointer_width, lo, hi)
-            idx = ptrs // self.engine.token_width
-            toks = self._tokens(s)
-            prev = toks[idx - 1].astype(np.int64)
+            before, after = self._around(s, lo, hi, len(path.ids))
+            prev = before[:, 1]
             known = prev < self.vocab.ws_end.size
             ok = (prev == self.sep) | (known & self.vocab.ws_end[np.where(known, prev, 0)])
             for i in np.flatnonzero(~ok & known):
                 heads = self.vocab.ws_tail.get(int(prev[i]))
-                if heads and idx[i] >= 2:
-                    ok[i] = any(self._piece(int(toks[idx[i] - 2])).endswith(h) for h in heads)
-            out.append(ptrs[ok])
+                ok[i] = bool(heads) and any(self._piece(int(before[i, 0])).endswith(h) for h in heads)
+            out.append((np.arange(lo, hi)[ok], after[ok]))
         return out
 
     def _piece(self, token_id: int) -> bytes:
@@ -199,95 +227,79 @@ class Occurrences:
                 continue
         return True if len(pending) >= 4 or 0x80 <= pending[0] < 0xC0 else None
 
-    def _ok_at(self, s: int, idx: int, pending: bytes) -> bool:
-        """The end check for one occurrence whose next token is at token index `idx`."""
-        toks = self._tokens(s)
-        while True:
+    def _ok_after(self, after: np.ndarray, pending: bytes) -> bool:
+        """The end check for one occurrence, given the tokens past its path."""
+        for token in after.tolist():
             verdict = self._verdict(pending)
             if verdict is not None:
                 return verdict
-            if idx >= toks.size or toks[idx] == self.sep:
+            if token == self.sep:
                 return True  # the document ends after the phrase
-            pending += self._piece(int(toks[idx]))
-            idx += 1
+            pending += self._piece(token)
+        return self._verdict(pending) is not False
 
     def _end_count(self, ids: tuple[int, ...], segments: list[tuple[int, int]], pending: bytes) -> int:
         """Occurrences of a spaced path whose following text passes the end check (exact)."""
         verdict = self._verdict(pending)
         if verdict is not None:
             return sum(e - s for s, e in segments) if verdict else 0
-        engine, total, deeper = self.engine, 0, set()
-        for shard, (lo, hi) in zip(engine.shards, segments):
-            if lo == hi:
+        engine, total = self.engine, 0
+        prompt = engine._bytes(list(ids))
+        for token, count in engine._next_token_freq(prompt, segments, 1).items():
+            if token == engine.eos_token_id:  # text never gives the EOS token: the document ends
+                total += count
                 continue
-            tokens, counts = search_loops.next_token_counts(
-                shard.tokens, shard.table, shard.pointer_width, engine.token_width,
-                len(ids) * engine.token_width, lo, hi, 1, -1,
-            )  # fmt: skip
-            for token, count in zip(tokens.tolist(), counts.tolist()):
-                if token == -1:
-                    total += count  # the document ends after the phrase
-                    continue
-                verdict = self._verdict(pending + self._piece(token))
-                if verdict is None:
-                    deeper.add(token)
-                elif verdict:
-                    total += count
-        for token in deeper:
-            longer = (*ids, token)
-            total += self._end_count(
-                longer,
-                engine._segments(engine._bytes(list(longer)), hints=segments),
-                pending + self.vocab.pieces[token],
-            )
+            verdict = self._verdict(pending + self._piece(token))
+            if verdict is None:
+                longer = engine._bytes([*ids, token])
+                total += self._end_count(
+                    (*ids, token), engine._segments(longer, hints=segments), pending + self._piece(token)
+                )
+            elif verdict:
+                total += count
         return total
 
     def path_count(self, path: TokenPath) -> int:
         if not path.bare:
             return self._end_count(path.ids, path.segments, path.leftover)
-        n = len(path.ids)
-        return sum(
-            int(sum(self._ok_at(s, int(p) // self.engine.token_width + n, path.leftover) for p in ptrs))
-            if self._verdict(path.leftover) is None
-            else (ptrs.size if self._verdict(path.leftover) else 0)
-            for s, ptrs in enumerate(self.bare_ptrs[id(path)])
-        )
+        verdict = self._verdict(path.leftover)
+        if verdict is not None:
+            return sum(ranks.size for ranks, _ in self.bare[id(path)]) if verdict else 0
+        return sum(self._ok_after(row, path.leftover) for _, after in self.bare[id(path)] for row in after)
 
     def count(self) -> int:
         return sum(self.path_count(p) for p in self.paths)
 
     def sample(self, rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
-        """Up to `n` occurrences drawn uniformly with replacement, as (shard, byte pointer of the
-        phrase's first token)."""
+        """Up to `n` occurrences drawn uniformly with replacement (rejection sampling on the end
+        check), as (shard, rank of the path's first token)."""
         weights = np.array([self.path_count(p) for p in self.paths], np.float64)
         if weights.sum() == 0:
             return []
-        w = self.engine.token_width
         picks = []
-        attempts = 0
-        while len(picks) < n and attempts < 1000 * n:
-            attempts += 1
+        for _ in range(1000 * n):
+            if len(picks) == n:
+                break
             path = self.paths[int(rng.choice(len(self.paths), p=weights / weights.sum()))]
             if path.bare:
-                flat = [(s, int(p)) for s, ptrs in enumerate(self.bare_ptrs[id(path)]) for p in ptrs]
-                s, ptr = flat[int(rng.integers(len(flat)))]
+                flat = [(s, rank) for s, (ranks, _) in enumerate(self.bare[id(path)]) for rank in ranks.tolist()]
+                s, rank = flat[int(rng.integers(len(flat)))]
             else:
-                sizes = np.array([e - b for b, e in path.segments])
+                sizes = np.array([e - b for b, e in path.segments], np.float64)
                 s = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
                 rank = path.segments[s][0] + int(rng.integers(sizes[s]))
-                shard = self.engine.shards[s]
-                ptr = int(search_loops.pointer_at(shard.table, shard.pointer_width, rank))
-            if self._ok_at(s, ptr // w + len(path.ids), path.leftover):
-                picks.append((s, ptr))
+            _, after = self._around(s, rank, rank + 1, len(path.ids))
+            if self._ok_after(after[0], path.leftover):
+                picks.append((s, rank))
         return picks
 
     def next_tokens(self, max_support: int) -> tuple[int, dict[int, int], bool]:
         """(occurrences ending on a token boundary, next-token counts, sampled?) over the phrase's
         occurrences (no end check: the next token is what is asked for)."""
         ends = [p for p in self.paths if not p.leftover]
-        total = 0
-        for p in ends:
-            total += sum(x.size for x in self.bare_ptrs[id(p)]) if p.bare else sum(e - s for s, e in p.segments)
+        total = sum(
+            sum(r.size for r, _ in self.bare[id(p)]) if p.bare else sum(e - s for s, e in p.segments) for p in ends
+        )
         unit = 1
         while total > unit * max_support:
             unit <<= 1
@@ -295,23 +307,14 @@ class Occurrences:
         eos = self.engine.eos_token_id
         for p in ends:
             if p.bare:
-                for s, ptrs in enumerate(self.bare_ptrs[id(p)]):
-                    toks = self._tokens(s)
-                    idx = ptrs // self.engine.token_width + len(p.ids)
-                    nxt = np.where(idx < toks.size, toks[np.minimum(idx, toks.size - 1)], self.sep).astype(np.int64)
-                    nxt[nxt == self.sep] = eos
-                    for token, count in zip(*np.unique(nxt, return_counts=True)):
+                for _, after in self.bare[id(p)]:
+                    for token, count in zip(
+                        *np.unique(np.where(after[:, 0] == self.sep, eos, after[:, 0]), return_counts=True)
+                    ):
                         freq[int(token)] = freq.get(int(token), 0) + int(count)
                 continue
-            for shard, (lo, hi) in zip(self.engine.shards, p.segments):
-                if lo == hi:
-                    continue
-                tokens, counts = search_loops.next_token_counts(
-                    shard.tokens, shard.table, shard.pointer_width, self.engine.token_width,
-                    len(p.ids) * self.engine.token_width, lo, hi, unit, eos,
-                )  # fmt: skip
-                for token, count in zip(tokens.tolist(), counts.tolist()):
-                    freq[token] = freq.get(token, 0) + count
+            for token, count in self.engine._next_token_freq(self.engine._bytes(list(p.ids)), p.segments, unit).items():
+                freq[token] = freq.get(token, 0) + count
         return total, freq, unit > 1
 
 
@@ -396,7 +399,7 @@ def search_docs(engine: Engine, text: str, maxnum: int, max_disp_len: int) -> di
     return {
         "cnt": cnt,
         "approx": False,
-        "documents": [engine.get_doc_by_ptr(s, ptr, max_disp_len) for s, ptr in picks],
+        "documents": [engine.get_doc_by_rank(s, rank, max_disp_len) for s, rank in picks],
     }
 
 
