@@ -1,12 +1,21 @@
-"""Perplexity stage throughput: `curate run` (Ray, actors, batched) against a plain
-single-process loop that reads the same file and calls kenlm line by line as CCNet does.
+"""Throughput of the KenLM stages, per core and against the KenLM-only limit, all in one run:
 
-    .venv/bin/python benchmarks/perplexity.py [--copies 60]
+    .venv/bin/python benchmarks/perplexity.py [--copies 20] [--stages perplexity,harmful]
 
-The corpus is the shipped web sample (OpenWebText + Common Crawl, 1,670 documents) repeated
-`--copies` times with fresh ids; the model is a CCNet-recipe model trained on the shipped
-Wikipedia sample. Both sides score every document; the ratio is baseline time / curate time.
-The langid stage's own speed (fastText lid.176.ftz, one process, same documents) is printed beside.
+For each stage (`perplexity`: one 16k-piece Wikipedia model; `harmful`: the contrastive score of
+a harmful-only tweet model against a benign one, two models per document) it prints docs/s and
+MB/s of:
+- the plain CCNet loop: one process reads the file and, per document and line, normalises (CCNet's
+  step-by-step normaliser), calls SentencePiece and KenLM (cc_net's DocLM, the baseline);
+- `curate run` with 1 worker and with one worker per core (Ray start-up included);
+- KenLM alone on pre-tokenised lines (the limit: what is left with normalisation and SentencePiece
+  free), in one process;
+per core and as ratios to the plain loop. It fails when curate's scores differ from the plain
+loop's beyond float tolerance (the loop adds every line in order, curate the empty lines last),
+or when a document is missing. The langid stage's own speed on the same corpus is printed last.
+
+The corpus is the shipped web sample (OpenWebText + Common Crawl, 1,670 documents, 7.5 MB)
+repeated `--copies` times with fresh ids.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,13 +31,16 @@ import time
 from pathlib import Path
 
 import kenlm
+import numpy as np
+import polars as pl
 import sentencepiece as spm
 
 from curate import lm
 from curate.langid import LangidConfig, LangidStage
-from curate.normalize import normalize_reference
+from curate.normalize import DocumentLines, normalize_reference
 
 REPO = Path(__file__).resolve().parent.parent
+DAVIDSON = str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")
 
 
 def make_corpus(path: Path, copies: int) -> tuple[int, int]:
@@ -40,32 +53,197 @@ def make_corpus(path: Path, copies: int) -> tuple[int, int]:
     with open(path, "w", encoding="utf-8") as out:
         for copy in range(copies):
             for doc in docs:
-                out.write(
-                    json.dumps(
-                        {"id": f"{doc['id']}#{copy}", "text": doc["text"], "source": doc["source"]}, ensure_ascii=False
-                    )
-                    + "\n"
-                )
+                record = {"id": f"{doc['id']}#{copy}", "text": doc["text"], "source": doc["source"]}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
                 size += len(doc["text"].encode("utf-8"))
     return n, size
 
 
-def ccnet_loop(corpus: Path, model_dir: Path) -> list[float]:
-    """The baseline: what cc_net's DocLM does per document, in one process."""
-    sp = spm.SentencePieceProcessor(model_file=str(model_dir / lm.SP_MODEL))
-    model = kenlm.Model(str(model_dir / lm.KENLM_BINARY))
-    out = []
+def ccnet_loop(corpus: Path, model_dirs: list[Path]) -> dict[str, np.ndarray]:
+    """The baseline: what cc_net's DocLM does per document, in one process, under each model.
+    Returns the per-token log10 probability of every document under each model, by id order."""
+    models = [
+        (spm.SentencePieceProcessor(model_file=str(d / lm.SP_MODEL)), kenlm.Model(str(d / lm.KENLM_BINARY)))
+        for d in model_dirs
+    ]
+    ids, scores = [], []
     with open(corpus, encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)
-            log_score, length = 0.0, 0
+            ids.append(doc["id"])
+            log_score, length = np.zeros(len(models)), np.zeros(len(models))
             for text_line in doc["text"].split("\n"):
-                pieces = sp.encode_as_pieces(normalize_reference(text_line))
-                log_score += model.score(" ".join(pieces))
-                length += len(pieces) + 1
-            out.append(10.0 ** (-log_score / length))
-    return out
+                normalized = normalize_reference(text_line)  # once for all the models
+                for m, (sp, model) in enumerate(models):
+                    pieces = sp.encode_as_pieces(normalized)
+                    log_score[m] += model.score(" ".join(pieces))
+                    length[m] += len(pieces) + 1
+            scores.append(log_score / length)
+    return {"id": np.array(ids), "lp": np.array(scores)}
+
+
+def kenlm_only(model_dirs: list[Path], copies: int) -> float:
+    """Seconds KenLM alone takes for the corpus: one copy of the sample cut into pieces first
+    (untimed), then scored line by line under each model, `copies` times."""
+    texts = [
+        json.loads(line)["text"]
+        for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
+        for line in gzip.open(f, "rt", encoding="utf-8")
+    ]
+    lines = [normalize_reference(line) for text in texts for line in text.split("\n")]
+    total = 0.0
+    for d in model_dirs:
+        sp = spm.SentencePieceProcessor(model_file=str(d / lm.SP_MODEL))
+        score = kenlm.Model(str(d / lm.KENLM_BINARY)).score
+        pieces = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+        t0 = time.perf_counter()
+        for _ in range(copies):
+            for p in pieces:
+                score(p)
+        total += time.perf_counter() - t0
+    return total
+
+
+def curate_run(tmp: Path, corpus: Path, stage: dict, workers: int | None, tag: str) -> tuple[float, pl.DataFrame]:
+    """`curate run` of one stage over the corpus in a fresh process; (seconds, every output row)."""
+    out = tmp / f"out-{tag}"
+    job = tmp / f"job-{tag}.yaml"
+    spec = {"name": "bench", "inputs": [{"path": str(corpus)}], "shard_docs": 2000, "batch_docs": 256}
+    spec |= {"max_doc_bytes": 10_000_000, "stages": [stage]} | ({"workers": workers} if workers else {})
+    job.write_text(json.dumps(spec))
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(out)], capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    rows = pl.concat(
+        [pl.read_parquet(p) for part in ("kept", "rejected") for p in sorted((out / part).glob("*.parquet"))]
+    )
+    return seconds, rows
+
+
+def check_scores(name: str, baseline: dict[str, np.ndarray], rows: pl.DataFrame, column: str, value) -> None:
+    """curate's scores against the plain loop's, document by document (fails the benchmark)."""
+    assert len(rows) == len(baseline["id"]) and rows["id"].n_unique() == len(rows), f"{name}: documents lost"
+    got = rows.sort("id")[column].to_numpy()
+    order = np.argsort(baseline["id"])
+    np.testing.assert_allclose(got, value(baseline["lp"][order]), rtol=1e-9, err_msg=f"{name}: {column} differs")
+
+
+def train_models(tmp: Path, stages: list[str]) -> dict[str, Path]:
+    quiet = {"log": lambda *_: None}
+    dirs = {}
+    if "perplexity" in stages:
+        dirs["wiki"] = tmp / "wiki"
+        lm.train([lm.source(str(REPO / "data" / "wiki"))], dirs["wiki"], vocab=16000, **quiet)
+    if "harmful" in stages:
+        dirs["harmful"], dirs["benign"] = tmp / "harmful", tmp / "benign"
+        lm.train([lm.source(DAVIDSON, {"harmful": True}, "train")], dirs["harmful"], vocab=8000, **quiet)
+        benign = [lm.source(DAVIDSON, {"harmful": False}, "train"), lm.source(str(REPO / "data" / "wiki"))]
+        lm.train(benign, dirs["benign"], vocab=8000, **quiet)
+    return dirs
+
+
+def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies: int, size: tuple[int, int]) -> None:
+    """Time the four ways over the corpus for one stage, check curate's scores, print each row
+    as it is measured: docs/s, MB/s, MB/s per core, and the ratio to the plain loop (per core)."""
+    if name == "perplexity":
+        models = [dirs["wiki"]]
+        stage = {"perplexity": {"model": str(dirs["wiki"])}}
+        column, value = "ppl", lambda lp: 10.0 ** (-lp[:, 0])
+    else:
+        models = [dirs["harmful"], dirs["benign"]]
+        settings = {"reference": str(dirs["benign"]), "score": "contrastive", "threshold": 0.0, "guard": False}
+        stage = {"harmful": {"model": str(dirs["harmful"]), **settings}}
+        column, value = "harmful_score", lambda lp: lp[:, 0] - lp[:, 1]
+    cores = os.cpu_count() or 1
+    n, nbytes = size
+    print(f"\n{name} stage ({len(models)} model{'s' if len(models) > 1 else ''} per document)")
+    print(f"{'':42s} {'time':>8s} {'docs/s':>8s} {'MB/s':>6s} {'MB/s/core':>9s} {'x loop':>7s} {'/core':>7s}")
+    base = None
+
+    def row(label: str, seconds: float, used: int) -> None:
+        nonlocal base
+        base = base or seconds
+        mb, ratio = nbytes / 1e6 / seconds, base / seconds
+        rates = f"{n / seconds:8.0f} {mb:6.2f} {mb / used:9.2f}"
+        print(f"{label:42s} {seconds:7.1f}s {rates} {ratio:6.2f}x {ratio / used:6.2f}x")
+        sys.stdout.flush()
+
+    t0 = time.perf_counter()
+    baseline = ccnet_loop(corpus, models)
+    row("plain CCNet loop (1 process)", time.perf_counter() - t0, 1)
+    for workers, label in ((1, "curate run, 1 worker"), (None, f"curate run, {cores} workers")):
+        seconds, out = curate_run(tmp, corpus, stage, workers, f"{name}-{workers}")
+        check_scores(f"{name} ({label})", baseline, out, column, value)
+        row(label + " (Ray start-up incl.)", seconds, workers or cores)
+    row("KenLM only, pre-tokenised (1 process)", kenlm_only(models, copies), 1)
+
+
+def where_time_goes(model_dir: Path) -> None:
+    """CPU seconds of each step over one copy of the sample in this process: the plain loop's steps
+    (CCNet's normaliser, SentencePiece per line, KenLM per line), then curate's
+    (`DocumentLines.of`, `PieceEncoder.encode`, KenLM per distinct line, the per-document sums)."""
+    texts = [
+        json.loads(line)["text"]
+        for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
+        for line in gzip.open(f, "rt", encoding="utf-8")
+    ]
+    model = lm.LanguageModel(model_dir)
+    lines = [line for text in texts for line in text.split("\n")]
+    clock = time.process_time  # CPU seconds: what a core pays, and steadier than the wall clock on a shared machine
+    t = [clock()]
+    normalized = [normalize_reference(line) for line in lines]
+    t.append(clock())
+    pieces = [" ".join(model.sp.encode_as_pieces(line)) for line in normalized]
+    t.append(clock())
+    for p in pieces:
+        model.kenlm.score(p)
+    t.append(clock())
+    plain = dict(zip(("normalisation", "SentencePiece", "KenLM"), np.diff(t), strict=True))
+    t = [clock()]
+    doc_lines = DocumentLines.of(texts)
+    t.append(clock())
+    distinct = [" ".join(p) for p in model.encoder.encode(doc_lines.distinct)]
+    t.append(clock())
+    for p in distinct:
+        model.kenlm.score(p)
+    t.append(clock())
+    model.score_lines(doc_lines)
+    t.append(clock())
+    fast = dict(zip(("normalisation", "SentencePiece", "KenLM"), np.diff(t)[:3], strict=True))
+    fast["the rest of score_lines"] = max(0.0, t[4] - t[3] - fast["SentencePiece"] - fast["KenLM"])
+    counts = f"{len(lines)} lines, {len(doc_lines.distinct)} distinct non-empty"
+    print(f"\nwhere the time goes, one copy of the sample, 1 process ({counts}):")
+    for name, steps in (("plain loop", plain), ("curate", fast)):
+        total = sum(steps.values())
+        shares = ", ".join(f"{k} {v:.2f}s ({v / total:.0%})" for k, v in steps.items())
+        print(f"  {name}: {total:.2f}s = {shares}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=20)
+    parser.add_argument("--stages", default="perplexity,harmful", help="comma-separated: perplexity, harmful")
+    args = parser.parse_args()
+    stages = args.stages.split(",")
+    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        corpus = tmp / "corpus.jsonl"
+        n, size = make_corpus(corpus, args.copies)
+        dirs = train_models(tmp, stages)
+        print(f"corpus: {n} documents, {size / 1e6:.1f} MB of text; {os.cpu_count()} cores; models: order 5")
+        where_time_goes(dirs["wiki"] if "wiki" in dirs else dirs["harmful"])
+        for name in stages:
+            stage_rows(name, corpus, tmp, dirs, args.copies, (n, size))
+        t0 = time.perf_counter()
+        assert langid_loop(corpus) == n
+        t_langid = time.perf_counter() - t0
+        mb = size / 1e6 / t_langid
+        print(f"\nlangid stage alone (1 process): {t_langid:.1f}s, {n / t_langid:.0f} docs/s, {mb:.2f} MB/s")
 
 
 def langid_loop(corpus: Path) -> int:
@@ -82,60 +260,6 @@ def langid_loop(corpus: Path) -> int:
                 batch = []
         n += len(stage.score(batch)["language"]) if batch else 0
     return n
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=60)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        corpus = tmp / "corpus.jsonl"
-        n, size = make_corpus(corpus, args.copies)
-        model_dir = tmp / "wiki"
-        lm.train([lm.source(str(REPO / "data" / "wiki"))], model_dir, vocab=16000, log=lambda *_: None)
-        print(f"corpus: {n} documents, {size / 1e6:.1f} MB of text; model: {model_dir.name} (order 5, 16k pieces)")
-
-        t0 = time.perf_counter()
-        baseline = ccnet_loop(corpus, model_dir)
-        t_base = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        assert langid_loop(corpus) == n
-        t_langid = time.perf_counter() - t0
-
-        job = tmp / "job.yaml"
-        job.write_text(
-            json.dumps(
-                {
-                    "name": "bench",
-                    "inputs": [{"path": str(corpus)}],
-                    "shard_docs": 2000,
-                    "batch_docs": 256,
-                    "max_doc_bytes": 10_000_000,
-                    "stages": [{"perplexity": {"model": str(model_dir)}}],
-                }
-            )
-        )
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(tmp / "out")],
-            capture_output=True,
-            text=True,
-        )
-        t_run = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
-        manifest = json.loads((tmp / "out" / "manifest.json").read_text())
-        assert manifest["input"] == n == len(baseline), "both sides must score every document"
-
-    rows = [
-        ("plain CCNet loop (1 process)", t_base),
-        ("curate run (Ray, incl. start-up)", t_run),
-        ("langid alone (1 process)", t_langid),
-    ]
-    for name, t in rows:
-        print(f"{name:34s} {t:7.1f} s  {n / t:8.0f} docs/s  {size / 1e6 / t:6.2f} MB/s")
-    print(f"ratio (baseline time / curate time): {t_base / t_run:.2f}x")
 
 
 if __name__ == "__main__":
