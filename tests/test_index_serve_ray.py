@@ -5,7 +5,11 @@ global unit); killing a replica mid-run gives errors, never wrong answers, and S
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -241,3 +245,32 @@ def test_a_group_that_cannot_answer_fails_the_query_with_503(index):
     with pytest.raises(ShardsUnavailable):
         answer(sharded, {"query_type": "get_doc_by_rank", "s": 3, "rank": 0})
     assert answer(sharded, {"query_type": "get_doc_by_rank", "s": 0, "rank": 0})["doc_ix"] >= 0  # other group's
+
+
+@pytest.mark.slow
+def test_cli_serve_ray_runs_as_a_process_and_stops_cleanly(index):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    curate = os.path.join(os.path.dirname(sys.executable), "curate")
+    argv = [curate, "index", "serve", str(index), "--ray", "--replicas", "2", "--port", str(port)]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    status, out = 0, {}
+    try:
+        for line in process.stderr:  # the command says where it serves once the app is deployed
+            if url in line:
+                break
+        while process.poll() is None:  # and Serve's proxy has the route soon after (404 before)
+            try:
+                status, out = _query(url, {"query_type": "count", "query_ids": [5, 6]})
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            time.sleep(1)
+        assert status == 200 and out["count"] == Engine(index).count([5, 6])["count"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "Traceback" not in err
