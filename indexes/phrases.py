@@ -38,6 +38,7 @@ import numpy as np
 
 from indexes import search_loops
 from indexes.engine import Engine, QueryError
+from indexes.shards import Shard
 
 WORD = re.compile(r"\w")
 AFTER = 8  # tokens read past an occurrence for its end check (a longer run of partial bytes counts as ended)
@@ -109,7 +110,7 @@ _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def vocabulary(engine: Engine) -> Vocabulary:
-    """Built once per engine (GGUF: about a second for 262k pieces)."""
+    """Built once per engine: 0.4 s for 8,000 pieces, a few seconds for Gemma's 262,144."""
     if engine not in _VOCABULARIES:
         _VOCABULARIES[engine] = Vocabulary(engine)
     return _VOCABULARIES[engine]
@@ -146,7 +147,19 @@ def token_paths(engine: Engine, phrase: bytes) -> list[TokenPath]:
     return found
 
 
-def _step(engine, ids, segments, need, bare, token_id, piece, stack, found) -> None:
+def _step(
+    engine: Engine,
+    ids: tuple[int, ...],
+    segments: list[tuple[int, int]],
+    need: bytes,
+    bare: bool,
+    token_id: int,
+    piece: bytes,
+    stack: list,
+    found: list[TokenPath],
+) -> None:
+    """Extend a path by one token whose `piece` matches the start of what it still `need`s: drop
+    it if the index never has it there, finish it if the phrase is spelled, else walk on."""
     ids = (*ids, token_id)
     segments = engine._segments(engine._bytes(list(ids)), hints=segments)
     if all(s == e for s, e in segments):
@@ -179,7 +192,7 @@ class Occurrences:
         before each (separators before a document's start) and the AFTER tokens past the path
         (a separator at the document's end)."""
         shard, w = self.engine.shards[s], self.engine.token_width
-        if hasattr(shard, "tokens"):  # a local shard: its tokens in bulk
+        if isinstance(shard, Shard):  # a local shard: its tokens in bulk
             toks = shard.tokens.view(self.engine._dtype)
             idx = search_loops.pointers_in(shard.table, shard.pointer_width, lo, hi) // w
             near = idx[:, None] + np.arange(-2, n + AFTER)[None, :]
