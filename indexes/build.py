@@ -5,6 +5,11 @@ its suffix array is built by a Ray task while the next shard is being tokenized.
 shard's bytes (2 or 4 per token) plus pydivsufsort's output (4 bytes per byte of the shard, 8 past
 2 GiB) and writes the packed table straight to disk, so peak memory is bounded by the shard size,
 not by the corpus. The finished index is written under a temporary name and renamed into place.
+
+Without `shard_tokens`, shards close at MAX_SHARD_TOKENS and the last one, once the corpus has
+ended and its size is known, is cut at document boundaries into one shard per CPU of the Ray
+cluster (none smaller than MIN_SHARD_TOKENS): one suffix sort runs on one core, so this is what
+puts every core to work on a corpus below MAX_SHARD_TOKENS.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +29,7 @@ from curate.documents import expand_inputs, read_texts
 from curate.ray_runtime import init_ray
 from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
 from indexes.layout import CARD_NAME, TOKENIZER_NAME, shard_path, token_width_for_vocab
-from indexes.options import DEFAULT_SHARD_TOKENS
+from indexes.options import MAX_SHARD_TOKENS, MIN_SHARD_TOKENS
 from indexes.suffix_array import build_suffix_array, check_sorter
 
 ENCODE_BATCH_DOCS = 1024
@@ -90,11 +96,67 @@ class ShardWriter:
             f.close()
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    s: int
+    tokens: int  # separators included
+    docs: int
+
+
+def default_shard_count(tokens: int, cores: int) -> int:
+    """Shards for the last `tokens` tokens of a corpus: one per core, none below MIN_SHARD_TOKENS."""
+    return max(1, min(cores, tokens // MIN_SHARD_TOKENS))
+
+
+def split_shard(index_dir: Path, shard: ShardInfo, pieces: int, token_width: int) -> list[ShardInfo]:
+    """Cut a written (unsorted) shard at document boundaries into about equal shards s, s+1, ...
+
+    Each cut falls on the first document that starts at or past its share of the tokens; the
+    first piece keeps the original files, truncated, and the others are copied out of them."""
+    paths = {kind: shard_path(index_dir, kind, shard.s) for kind in ("tokenized", "offset", "metadata", "metaoff")}
+    offsets = np.fromfile(paths["offset"], np.uint64).astype(np.int64)
+    meta_offsets = np.fromfile(paths["metaoff"], np.uint64).astype(np.int64)
+    size, meta_size = paths["tokenized"].stat().st_size, paths["metadata"].stat().st_size
+    targets = [size * j // pieces for j in range(1, pieces)]
+    cuts = sorted({int(d) for d in np.searchsorted(offsets, targets)} - {0, offsets.size})
+    bounds = [0, *cuts, offsets.size]
+    infos = []
+    for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        end = int(offsets[b]) if b < offsets.size else size
+        meta_end = int(meta_offsets[b]) if b < offsets.size else meta_size
+        if j:
+            _copy_range(paths["tokenized"], shard_path(index_dir, "tokenized", shard.s + j), int(offsets[a]), end)
+            _copy_range(
+                paths["metadata"], shard_path(index_dir, "metadata", shard.s + j), int(meta_offsets[a]), meta_end
+            )
+            (offsets[a:b] - offsets[a]).astype("<u8").tofile(shard_path(index_dir, "offset", shard.s + j))
+            (meta_offsets[a:b] - meta_offsets[a]).astype("<u8").tofile(shard_path(index_dir, "metaoff", shard.s + j))
+        infos.append(ShardInfo(shard.s + j, (end - int(offsets[a])) // token_width, b - a))
+    first_end = bounds[1]
+    if first_end < offsets.size:  # the first piece: the original files, cut short
+        for kind, length in (
+            ("tokenized", int(offsets[first_end])), ("offset", 8 * first_end),
+            ("metadata", int(meta_offsets[first_end])), ("metaoff", 8 * first_end),
+        ):  # fmt: skip
+            os.truncate(paths[kind], length)
+    return infos
+
+
+def _copy_range(source: Path, target: Path, start: int, end: int) -> None:
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        src.seek(start)
+        remaining = end - start
+        while remaining:
+            block = src.read(min(remaining, 1 << 24))
+            dst.write(block)
+            remaining -= len(block)
+
+
 def build_index(
     inputs: list[str],
     tokenizer_path: str | Path,
     out_dir: str | Path,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_tokens: int | None = None,
     overwrite: bool = False,
     log=print,
     sorter: str = "auto",
@@ -102,7 +164,8 @@ def build_index(
     """Index documents (Parquet shards such as a run's `kept/*.parquet`, or JSON Lines) and return
     the index card. `tokenizer_path`: a tokenizer.json, or a .gguf model whose vocabulary gives
     the ids (so a neural model can be scored against the index). Shards are suffix-sorted in
-    parallel as Ray tasks with `sorter` (see indexes/suffix_array.py)."""
+    parallel as Ray tasks with `sorter` (see indexes/suffix_array.py); `shard_tokens` None: one
+    shard per CPU (see the module's docstring)."""
     tokenizer = load_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
     return write_index(
@@ -139,7 +202,7 @@ def write_index(
     vocab_size: int,
     eos_token_id: int,
     tokenizer: TextTokenizer | None = None,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_tokens: int | None = None,
     overwrite: bool = False,
     log=print,
     sorter: str = "auto",
@@ -150,7 +213,7 @@ def write_index(
     import ray
 
     width = token_width_for_vocab(vocab_size)
-    if shard_tokens < 1:
+    if shard_tokens is not None and shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
     check_sorter(sorter)
     out_dir = Path(out_dir)
@@ -161,15 +224,22 @@ def write_index(
     work.mkdir(parents=True)
 
     init_ray()  # joins the command's Ray, or starts one
+    cores = int(ray.cluster_resources().get("CPU", 1))
     sort_task = ray.remote(num_cpus=1)(build_suffix_array)
     t0 = time.perf_counter()
     pending, writers = [], []
 
-    def close(writer: ShardWriter) -> None:
+    def sort(shard: ShardInfo) -> None:
+        writers.append(shard)
+        pending.append(sort_task.remote(str(work), shard.s, width, sorter))
+        log(f"shard {shard.s}: {shard.tokens:,} tokens, {shard.docs:,} documents; suffix-sorting")
+
+    def close(writer: ShardWriter, last: bool) -> None:
         writer.close()
-        writers.append(writer)
-        pending.append(sort_task.remote(str(work), writer.s, width, sorter))
-        log(f"shard {writer.s}: {writer.tokens:,} tokens, {writer.docs:,} documents; suffix-sorting")
+        shard = ShardInfo(writer.s, writer.tokens, writer.docs)
+        pieces = default_shard_count(shard.tokens, cores) if last and shard_tokens is None else 1
+        for piece in split_shard(work, shard, pieces, width) if pieces > 1 else [shard]:
+            sort(piece)
 
     try:
         writer = None
@@ -177,11 +247,11 @@ def write_index(
             if writer is None:
                 writer = ShardWriter(work, len(writers), width)
             writer.add(ids, metadata)
-            if writer.tokens >= shard_tokens:
-                close(writer)
+            if writer.tokens >= (shard_tokens or MAX_SHARD_TOKENS):
+                close(writer, last=False)
                 writer = None
         if writer is not None:
-            close(writer)
+            close(writer, last=True)
         if not writers:
             raise ValueError("no documents to index")
         sorters_used = sorted(set(ray.get(pending)))

@@ -13,7 +13,8 @@ from indexes.options import (
     DEFAULT_CONTEXT,
     DEFAULT_MIN_TOKENS,
     DEFAULT_NGRAM,
-    DEFAULT_SHARD_TOKENS,
+    MAX_SHARD_TOKENS,
+    MIN_SHARD_TOKENS,
     QUERY_TYPES,
 )
 from indexes.suffix_array import SORTERS
@@ -47,8 +48,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--shard-tokens",
         type=int,
-        default=DEFAULT_SHARD_TOKENS,
-        help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})",
+        help=(
+            f"tokens per shard (default: one per CPU of the Ray cluster, but none under "
+            f"{MIN_SHARD_TOKENS:,} tokens nor over {MAX_SHARD_TOKENS:,})"
+        ),
     )
     build.add_argument(
         "--sorter",

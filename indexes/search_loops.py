@@ -1,20 +1,34 @@
-"""Compiled hot loops (numba, nogil) over one memory-mapped shard.
+"""Compiled hot loops (numba) over one memory-mapped shard.
 
 Everything works on raw bytes: `ds` is the uint8 view of `tokenized.{s}`, `sa` the uint8 view of
 `table.{s}` with `pw`-byte little-endian pointers, `w` the token width. Suffixes compare by memcmp
 of their little-endian bytes, truncated at the end of `ds`, which is the order the suffix array
 was sorted in. Rank ranges are half-open [start, end).
+
+The functions below are plain Python until `_bind` at the end of this module replaces each with
+its compiled form: the ahead-of-time build of this exact source (indexes/compile_loops.py, made by
+`make setup`; importing it costs about a millisecond and loads no numba), else numba's JIT with its
+on-disk cache (importing numba alone takes 0.3-0.5 s, which a one-shot query would pay every time;
+from an installed, read-only package numba keeps that cache under ~/.cache/numba instead).
+The JIT's loops release the GIL (`nogil`), the ahead-of-time ones cannot (numba's pycc has no such
+option): a threaded server that runs long queries side by side sets CURATE_INDEX_LOOPS=jit before
+importing this module, which forces the JIT.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import sysconfig
+from pathlib import Path
+
 import numpy as np
-from numba import njit
 
-_JIT = dict(nogil=True, cache=True)
+AOT_CACHE = Path.home() / ".cache" / "curate" / "search_loops"
+AOT_MODULE = "_curate_search_loops"
 
 
-@njit(**_JIT)
 def pointer_at(sa, pw, rank):
     """The byte offset stored at `rank`."""
     base = rank * pw
@@ -24,7 +38,6 @@ def pointer_at(sa, pw, rank):
     return ptr
 
 
-@njit(**_JIT)
 def token_at(ds, w, ptr, eos):
     """The token id at byte offset `ptr`; a separator or the end of the shard reads as `eos`."""
     if ptr >= ds.size:
@@ -37,7 +50,11 @@ def token_at(ds, w, ptr, eos):
     return tok
 
 
-@njit(**_JIT)
+def _next_key(ds, w, ptr, eos):
+    """token_at, but -1 at the end of the shard (see next_token_counts)."""
+    return -1 if ptr >= ds.size else token_at(ds, w, ptr, eos)
+
+
 def _compare(ds, ptr, query, skip):
     """memcmp of the suffix at `ptr`, truncated to len(query) bytes, against `query`: -1, 0 or 1.
     The first `skip` bytes are known to be equal."""
@@ -52,7 +69,6 @@ def _compare(ds, ptr, query, skip):
     return 0 if m == n else -1
 
 
-@njit(**_JIT)
 def find_range(ds, sa, pw, query, skip, lo, hi):
     """Ranks in [lo, hi) whose suffix starts with `query` (bytes), as (start, end); every suffix
     in [lo, hi) is known to share the first `skip` bytes of `query`."""
@@ -76,7 +92,6 @@ def find_range(ds, sa, pw, query, skip, lo, hi):
     return start, a
 
 
-@njit(**_JIT)
 def count_many(ds, sa, pw, queries, bounds, out):
     """Batched count: queries[bounds[i]:bounds[i+1]] is query i (bytes); adds its count to out[i]."""
     n = sa.size // pw
@@ -85,13 +100,15 @@ def count_many(ds, sa, pw, queries, bounds, out):
         out[i] += end - start
 
 
-@njit(**_JIT)
 def next_token_counts(ds, sa, pw, w, num_bytes, start, end, unit, eos):
     """Next-token frequencies over ranks [start, end), sampling one rank per `unit` ranks.
 
     Same divide and conquer as infini-gram's engine, so approximate answers agree: a segment
     shorter than 4*unit is sampled at the middle of each unit; a segment whose first and last
-    suffix continue with the same token is entirely that token; anything else is halved.
+    suffix continue with the same token is entirely that token; anything else is halved. One
+    difference: the end of the shard reads as eos, as infini-gram reads it, but it sorts first and
+    a separator last, so the halving tells them apart (infini-gram takes a whole segment for eos
+    when the shard's last token ends the prompt and another occurrence ends a document).
     Returns parallel arrays (tokens, counts) that may repeat tokens.
     """
     cap = 2 * ((end - start) // unit) + 16
@@ -116,9 +133,9 @@ def next_token_counts(ds, sa, pw, w, num_bytes, start, end, unit, eos):
                 k += 1
                 r += unit
             continue
-        first = token_at(ds, w, pointer_at(sa, pw, a) + num_bytes, eos)
-        last = token_at(ds, w, pointer_at(sa, pw, b - 1) + num_bytes, eos)
-        if first == last:
+        first = _next_key(ds, w, pointer_at(sa, pw, a) + num_bytes, eos)
+        last = _next_key(ds, w, pointer_at(sa, pw, b - 1) + num_bytes, eos)
+        if first == last:  # never both the end of the shard: only one suffix reaches it
             tokens[k] = first
             counts[k] = b - a
             k += 1
@@ -132,7 +149,6 @@ def next_token_counts(ds, sa, pw, w, num_bytes, start, end, unit, eos):
     return tokens[:k], counts[:k]
 
 
-@njit(**_JIT)
 def longest_prefix_match(ds, sa, pw, w, query):
     """Tokens of the longest prefix of `query` (bytes, whole tokens) that occurs in the shard."""
     n = sa.size // pw
@@ -146,7 +162,6 @@ def longest_prefix_match(ds, sa, pw, w, query):
     return matched
 
 
-@njit(**_JIT)
 def pointers_in(sa, pw, start, end):
     out = np.empty(end - start, np.int64)
     for r in range(start, end):
@@ -154,7 +169,6 @@ def pointers_in(sa, pw, start, end):
     return out
 
 
-@njit(**_JIT)
 def contains_separator(ds, w, lo, hi):
     """Whether bytes [lo, hi) contain `w` consecutive 0xFF bytes at any offset (as infini-gram checks)."""
     run = 0
@@ -168,7 +182,6 @@ def contains_separator(ds, w, lo, hi):
     return False
 
 
-@njit(**_JIT)
 def pack_even_pointers(sa_bytes, w, pw, out):
     """Keep the token-aligned entries of a byte-level suffix array and write them in `pw` LE bytes."""
     j = 0
@@ -182,7 +195,6 @@ def pack_even_pointers(sa_bytes, w, pw, out):
     return j
 
 
-@njit(**_JIT)
 def ranges_without_separator(ds, w, lo, hi):
     """For each byte range [lo[i], hi[i]), whether it stays inside one document."""
     keep = np.empty(lo.size, np.bool_)
@@ -191,7 +203,6 @@ def ranges_without_separator(ds, w, lo, hi):
     return keep
 
 
-@njit(**_JIT)
 def longest_matches(ds, sa, pw, w, query):
     """For each token position i of `query` (bytes), the length in tokens of the longest prefix
     of query[i:] that occurs in the shard."""
@@ -202,7 +213,6 @@ def longest_matches(ds, sa, pw, w, query):
     return out
 
 
-@njit(**_JIT)
 def _same_kgram(ds, w, p, q, k):
     """Whether the k tokens at byte offsets p and q are equal and hold no separator."""
     span = k * w
@@ -221,12 +231,10 @@ def _same_kgram(ds, w, p, q, k):
     return True
 
 
-@njit(**_JIT)
 def _valid_kgram(ds, w, p, k):
     return _same_kgram(ds, w, p, p, k)
 
 
-@njit(**_JIT)
 def repeated_kgram_starts(ds, sa, pw, w, k):
     """Token positions whose k-gram also starts at an earlier position of the shard, and the
     positions that are the first of their k-gram (candidates for an earlier-shard check).
@@ -259,7 +267,6 @@ def repeated_kgram_starts(ds, sa, pw, w, k):
     return repeated, first
 
 
-@njit(**_JIT)
 def kgrams_seen_in(ds_from, positions, w, k, ds, sa, pw):
     """For token positions of shard `ds_from`, whether their k-gram occurs in the other shard."""
     n = sa.size // pw
@@ -269,3 +276,72 @@ def kgrams_seen_in(ds_from, positions, w, k, ds, sa, pw):
         start, end = find_range(ds, sa, pw, ds_from[p : p + k * w], 0, 0, n)
         out[i] = end > start
     return out
+
+
+# What the ahead-of-time module exports, with the types the callers pass (C-contiguous 1-D arrays,
+# Python ints as i8). pack_even_pointers takes pydivsufsort's int32 or int64 output: two exports.
+SIGNATURES = {
+    "pointer_at": "i8(u1[::1], i8, i8)",
+    "token_at": "i8(u1[::1], i8, i8, i8)",
+    "find_range": "UniTuple(i8, 2)(u1[::1], u1[::1], i8, u1[::1], i8, i8, i8)",
+    "count_many": "void(u1[::1], u1[::1], i8, u1[::1], i8[::1], i8[::1])",
+    "next_token_counts": "Tuple((i8[::1], i8[::1]))(u1[::1], u1[::1], i8, i8, i8, i8, i8, i8, i8)",
+    "longest_prefix_match": "i8(u1[::1], u1[::1], i8, i8, u1[::1])",
+    "pointers_in": "i8[::1](u1[::1], i8, i8, i8)",
+    "contains_separator": "b1(u1[::1], i8, i8, i8)",
+    "pack_even_pointers_i4": "i8(i4[::1], i8, i8, u1[::1])",
+    "pack_even_pointers_i8": "i8(i8[::1], i8, i8, u1[::1])",
+    "ranges_without_separator": "b1[::1](u1[::1], i8, i8[::1], i8[::1])",
+    "longest_matches": "i8[::1](u1[::1], u1[::1], i8, i8, u1[::1])",
+    "repeated_kgram_starts": "Tuple((b1[::1], b1[::1]))(u1[::1], u1[::1], i8, i8, i8)",
+    "kgrams_seen_in": "b1[::1](u1[::1], i8[::1], i8, i8, u1[::1], u1[::1], i8)",
+}
+KERNELS = (
+    "pointer_at", "token_at", "_next_key", "_compare", "find_range", "count_many", "next_token_counts",
+    "longest_prefix_match", "pointers_in", "contains_separator", "pack_even_pointers", "ranges_without_separator",
+    "longest_matches", "_same_kgram", "_valid_kgram", "repeated_kgram_starts", "kgrams_seen_in",
+)  # fmt: skip
+
+
+def aot_digest() -> str:
+    """Names the ahead-of-time build: this source, the numpy it was built against, the ABI."""
+    key = Path(__file__).read_bytes() + np.__version__.encode() + str(sysconfig.get_config_var("EXT_SUFFIX")).encode()
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def aot_path() -> Path:
+    return AOT_CACHE / aot_digest() / f"{AOT_MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
+def _load_aot():
+    path = aot_path()
+    if os.environ.get("CURATE_INDEX_LOOPS") == "jit" or not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(AOT_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bind() -> str:
+    """Replace every kernel of this module by its compiled form; returns which one ("aot" or "jit")."""
+    names = globals()
+    module = _load_aot()
+    if module is not None:
+        for name in SIGNATURES:
+            names[name] = getattr(module, name)
+        by_dtype = {np.dtype(np.int32): module.pack_even_pointers_i4, np.dtype(np.int64): module.pack_even_pointers_i8}
+
+        def pack_even_pointers(sa_bytes, w, pw, out):
+            return by_dtype[sa_bytes.dtype](sa_bytes, w, pw, out)
+
+        names["pack_even_pointers"] = pack_even_pointers
+        return "aot"
+    from numba import njit
+
+    for name in KERNELS:  # module globals first, so that kernels calling kernels compile as one
+        names[name] = njit(nogil=True, cache=True)(names[name])
+    return "jit"
+
+
+BACKEND = _bind()

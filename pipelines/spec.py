@@ -94,7 +94,9 @@ class IndexSpec(Strict):
         None, description="a tokenizer.json; default: train a byte-level BPE on the kept documents"
     )
     vocab: int = Field(32000, ge=257)
-    shard_tokens: int = Field(500_000_000, ge=1)
+    shard_tokens: int | None = Field(
+        None, ge=1, description="tokens per shard; default: one shard per CPU of the Ray cluster (indexes/build.py)"
+    )
     dedup_min_tokens: int | None = Field(
         None, ge=1, description="exact-substring dedup: cut repeated spans of at least this many tokens"
     )

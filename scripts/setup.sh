@@ -84,4 +84,7 @@ if [ ! -f "$sort_shard_lib" ]; then
   gcc -O2 -fopenmp -shared -fPIC -I"$LIBSAIS_CACHE/include" indexes/sort_shard.c -o "$sort_shard_lib.tmp"
   mv "$sort_shard_lib.tmp" "$sort_shard_lib"
 fi
+# The index's search loops compiled ahead of time (numba pycc), so a one-shot query loads no numba;
+# skipped when this source's build exists (see indexes/compile_loops.py).
+"$VENV/bin/python" -m indexes.compile_loops
 echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin, $sort_shard_lib"
