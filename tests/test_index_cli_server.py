@@ -4,6 +4,7 @@ clients are served, clients that hang up leave no traceback, `curate index serve
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,11 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
 from curate.cli import main
+from curate.documents import read_texts
+from indexes import phrases
 from indexes.engine import Engine
 from indexes.server import BACKLOG, QUERY_TYPES, IndexServer, answer
-from tests.index_support import DATA
+from tests.index_support import DATA, official_engine
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,19 @@ def server(built):
     srv = IndexServer(built / "ix", "127.0.0.1", 0).start()
     yield srv.url
     srv.stop()
+
+
+def _decode(built, token_ids: list[int]) -> str:
+    return Tokenizer.from_file(str(built / "tok.json")).decode(token_ids)
+
+
+@functools.cache
+def _sources() -> dict[str, str]:
+    return {d["id"]: d["text"] for d in read_texts([str(DATA / "wiki")])}
+
+
+def _official(built):
+    return official_engine(built / "ix", json.loads((built / "ix" / "index.json").read_text())["eos_token_id"])
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -108,12 +125,26 @@ def test_cli_query_prints_engine_answers(built, capsys):
     ids = engine.tokenize(" the first")
     assert main(["index", "query", str(built / "ix"), "count", " the first"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["count"] == engine.count(ids)["count"] > 0 and out["token_ids"] == ids
+    # text is a phrase (indexes/phrases.py): its running-text spelling plus line and document starts
+    assert out["count"] == phrases.count(engine, "the first")["count"] >= engine.count(ids)["count"] > 0
+    assert out["token_ids"] == ids
     assert main(["index", "query", str(built / "ix"), "prob", json.dumps(ids), "--ids"]) == 0
     assert json.loads(capsys.readouterr().out)["prob"] == engine.prob(ids[:-1], ids[-1])["prob"]
     assert main(["index", "query", str(built / "ix"), "search_docs", "river AND bridge", "--maxnum", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["cnt"] > 0 and len(out["documents"]) == 2 and "text" in out["documents"][0]
+    assert (
+        out["cnt"] == _official(built).count_cnf([[engine.tokenize(" river")], [engine.tokenize(" bridge")]])["count"]
+    )
+    assert out["cnt"] > 0 and len(out["documents"]) == 2
+    for doc in out["documents"]:  # each a window of a real document holding both terms (brute force)
+        tokens = doc["token_ids"]
+        for term in (" river", " bridge"):
+            ids = engine.tokenize(term)
+            assert any(tokens[i : i + len(ids)] == ids for i in range(len(tokens))), term
+        assert (
+            doc["text"] == _decode(built, tokens)
+            and doc["text"] in _sources()[json.loads(doc["metadata"])["metadata"]["id"]]
+        )
 
 
 @pytest.mark.parametrize(
@@ -164,7 +195,10 @@ def test_http_answers_match_the_engine(built, server):
     ids = engine.tokenize(" the first time")
     status, out = _query(server, query_type="count", query=" the first time")
     assert (
-        status == 200 and out["count"] == engine.count(ids)["count"] and out["token_ids"] == ids and out["latency"] >= 0
+        status == 200
+        and out["count"] == phrases.count(engine, "the first time")["count"] >= engine.count(ids)["count"]
+        and out["token_ids"] == ids
+        and out["latency"] >= 0
     )
     status, out = _query(server, query_type="ntd", query_ids=ids[:-1], max_support=10)
     assert (
@@ -176,7 +210,10 @@ def test_http_answers_match_the_engine(built, server):
     status, out = _query(server, query_type="find", query_ids=ids)
     assert status == 200 and out["cnt"] == engine.find(ids)["cnt"]
     status, out = _query(server, query_type="get_doc_by_rank", s=0, rank=5, max_disp_len=20)
-    assert status == 200 and out == {**engine.get_doc_by_rank(0, 5, 20), "text": out["text"], "latency": out["latency"]}
+    doc = engine.get_doc_by_rank(0, 5, 20)
+    text = _decode(built, doc["token_ids"])  # the tokenizer's own decoding, a piece of the source document
+    assert status == 200 and out == {**doc, "text": text, "latency": out["latency"]}
+    assert len(text) > 20 and text in _sources()[json.loads(doc["metadata"])["metadata"]["id"]]
     status, out = _query(server, query_type="count", query="river OR lake AND bridge")
     assert status == 200 and out["approx"] is False and out["count"] > 0
 

@@ -4,6 +4,7 @@ against a brute-force reading of its definition."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -112,6 +113,16 @@ def test_longest_matches_match_counts(text_index):
         assert i + m == len(ids) or engine.count(ids[i : i + m + 1])["count"] == 0
 
 
+def _longest_found(ref, ids: list[int]) -> int:
+    """The longest span of `ids` that the official engine counts at least once (by extension from
+    every start: a span occurs only if its prefixes do)."""
+    best = 0
+    for i in range(len(ids)):
+        while i + best < len(ids) and ref.count(ids[i : i + best + 1])["count"] > 0:
+            best += 1
+    return best
+
+
 def test_contamination_report(text_index):
     engine, texts = text_index["engine"], text_index["texts"]
     evals = [
@@ -121,8 +132,15 @@ def test_contamination_report(text_index):
     ]
     rows = list(contamination_report(engine, evals))
     assert rows[0]["ngram_found_fraction"] == 1.0 and rows[0]["longest_match_tokens"] == rows[0]["tokens"]
-    assert 0.05 < rows[1]["ngram_found_fraction"] < 0.95
     assert rows[2]["ngram_found_fraction"] is None and rows[2]["ngrams"] == 0
+    # brute force: every 13-gram of the half-copied document counted by the official engine, and
+    # the longest span of it that occurs anywhere
+    ref, ids = text_index["ref"], engine.tokenize(evals[1]["text"])
+    found = [ref.count(ids[i : i + 13])["count"] > 0 for i in range(len(ids) - 12)]
+    assert rows[1]["ngrams"] == len(found) and rows[1]["ngrams_found"] == sum(found)
+    assert rows[1]["ngram_found_fraction"] == pytest.approx(sum(found) / len(found), abs=1e-6)
+    assert 0.05 < rows[1]["ngram_found_fraction"] < 0.95
+    assert rows[1]["longest_match_tokens"] == _longest_found(ref, ids) > 13
 
 
 def test_infgram_perplexity_and_interpolation(text_index):
@@ -142,6 +160,14 @@ def test_infgram_perplexity_and_interpolation(text_index):
     neural = np.full(len(ids) - 1, 1 / engine.card["vocab_size"])
     lambdas = fit_lambdas(scores, neural)
     assert 0 < lambdas[0] < 1 and 0 <= lambdas[1] < 1
+    # brute force: the held-out NLL of each part on a grid 10x finer than the fit's; the fitted λ
+    # must be within one of the fit's grid steps of its argmin and no worse than its minimum
+    fine = np.linspace(0.0, 0.99, 991)
+    for lam, mask in zip(lambdas, (scores["sparse"], ~scores["sparse"])):
+        p, q = scores["prob"][mask], neural[mask]
+        nll = [-sum(math.log(g * a + (1 - g) * b) for a, b in zip(p, q)) for g in fine]
+        fitted = -sum(math.log(lam * a + (1 - lam) * b) for a, b in zip(p, q))
+        assert abs(lam - fine[int(np.argmin(nll))]) <= 0.011 and fitted <= min(nll) + 1e-3 * len(p)
     assert (
         interpolated_perplexity(scores, neural, lambdas)
         < interpolated_perplexity(scores, neural, (0.0, 0.0))

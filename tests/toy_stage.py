@@ -37,3 +37,10 @@ class MinChars(Stage):
 
     def plots(self, params: dict[str, Any]) -> list[Plot]:
         return [Plot("chars", {"min_chars": params["min_chars"]})]
+
+
+class LosesADocument(MinChars):
+    """A broken stage for the runner's accounting check: its decision drops each shard's first document."""
+
+    def decide(self, df: pl.DataFrame, params: dict[str, Any]) -> pl.DataFrame:
+        return super().decide(df.slice(1), params)
