@@ -2,24 +2,35 @@
 (OLMoTrace's question about a model's output), each with its count and the documents holding it.
 
 A span [i, j) of the text's tokens is maximal when it occurs in the index and neither [i-1, j) nor
-[i, j+1) does. With L[i] the longest match starting at token i (one pass of binary searches per
-shard, `contamination.longest_matches`), the maximal spans are exactly [i, i + L[i]) where
-i + L[i] > (i-1) + L[i-1]: a match from i-1 covers everything a match from i covers but its end.
+[i, j+1) does. With L[i] the longest match starting at token i, the maximal spans are exactly
+[i, i + L[i]) where i + L[i] > (i-1) + L[i-1]: a match from i-1 covers everything a match from i
+covers but its end. L comes from the engine's own range searches (so the Ray Serve front, whose
+shards answer elsewhere, attributes too): since L[i] >= L[i-1] - 1, about two searches per token.
 Spans are token spans of the text tokenized as one document.
 """
 
 from __future__ import annotations
 
-from indexes.contamination import longest_matches
 from indexes.engine import Engine, QueryError
 from indexes.options import DEFAULT_ATTRIBUTE_MIN_TOKENS
+
+
+def longest_matches(engine: Engine, token_ids: list[int]) -> list[int]:
+    """For every position, the length of the longest run of tokens from there that occurs."""
+    out, length = [], 0
+    for i in range(len(token_ids)):
+        length = max(length - 1, 0)  # a suffix of the previous match occurs too
+        while i + length < len(token_ids) and engine._count_bytes(engine._bytes(token_ids[i : i + length + 1])):
+            length += 1
+        out.append(length)
+    return out
 
 
 def maximal_spans(engine: Engine, token_ids: list[int], min_tokens: int) -> list[tuple[int, int]]:
     """(start, end) token positions of the maximal spans of at least `min_tokens` tokens, longest
     first (then by position)."""
     spans, prev_end = [], 0
-    for i, length in enumerate(longest_matches(engine, token_ids).tolist() if token_ids else []):
+    for i, length in enumerate(longest_matches(engine, token_ids)):
         if length and i + length > prev_end:
             if length >= min_tokens:
                 spans.append((i, i + length))
