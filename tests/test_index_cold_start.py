@@ -1,6 +1,7 @@
 """Cold start of index queries: the search loops compiled ahead of time (indexes/compile_loops.py)
 answer exactly as numba's JIT does, a one-shot `curate index query` loads neither numba nor any
-other heavy library, and a build of another source is never loaded."""
+other heavy library, a build of another source is never loaded, and the phrase vocabulary stored
+on disk gives the answers a fresh build gives."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes import search_loops
+from curate.tokenizer import train_tokenizer
+from indexes import phrases, search_loops
 from indexes.build import write_index
 from indexes.compile_loops import compile_loops
+from indexes.engine import Engine
+from tests.index_support import real_texts
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("numba", "llvmlite", "ray", "torch", "polars", "pyarrow", "scipy", "llama_cpp", "fastapi", "uvicorn")
@@ -124,3 +128,27 @@ def test_a_build_of_another_source_is_not_loaded(aot_build, tmp_path, monkeypatc
     assert search_loops._load_aot() is not None
     monkeypatch.setenv("CURATE_INDEX_LOOPS", "jit")
     assert search_loops._load_aot() is None
+
+
+def test_phrase_vocabulary_is_stored_and_reloaded(tmp_path, monkeypatch):
+    texts = real_texts(limit_per_file=20)
+    tokenizer = train_tokenizer(texts, tmp_path / "tok.json", vocab_size=400)
+    docs = [(ids, {}) for ids in tokenizer.encode_batch(texts)]
+    write_index(docs, tmp_path / "ix", tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, log=lambda m: None)
+    monkeypatch.setattr(phrases, "VOCABULARY_CACHE", tmp_path / "cache")
+    queries = ["the", "of the", "United States", "in a", "zzqx"]
+
+    built = [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries]
+    stored = list((tmp_path / "cache").glob("*.pickle"))
+    assert len(stored) == 1 and built[0] > 100 and built[-1] == 0
+
+    def no_build(self, engine):
+        raise AssertionError("the stored vocabulary was rebuilt")
+
+    monkeypatch.setattr(phrases.Vocabulary, "__init__", no_build)  # unpickling does not call it
+    assert [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries] == built  # loaded, not rebuilt
+    monkeypatch.undo()
+    monkeypatch.setattr(phrases, "VOCABULARY_CACHE", tmp_path / "cache")
+    stored[0].write_bytes(b"torn")  # a damaged file is rebuilt and replaced
+    assert [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries] == built
+    assert stored[0].read_bytes() != b"torn"
