@@ -34,12 +34,18 @@ def _serve(args) -> int:
 
     with LocalServer(args.model, port=args.port, n_ctx=args.n_ctx, threads=args.threads) as server:
         print(f"serving {server.name} at {server.url} (OpenAI API; Ctrl-C stops it)", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: server.stop())
+        # SIGTERM as Ctrl-C: leave the wait and let the `with` stop the server. Stopping it inside
+        # the handler deadlocked: the handler's wait needs the lock the interrupted wait holds.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             server.process.wait()
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _distill(args) -> int:
