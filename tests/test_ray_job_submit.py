@@ -1,7 +1,8 @@
-"""The demo job submitted with `ray job submit` to a `ray start --head` cluster."""
+"""A `ray start --head` cluster: the demo job submitted with `ray job submit`, and `curate run --address`."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,8 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     """A one-node Ray cluster of its own (own ports, own temp dir), torn down with its process group."""
     gcs, dashboard = _free_port(), _free_port()
     # Ports of its own for every service: another Ray on this machine (an earlier test's) holds
@@ -74,7 +75,7 @@ def cluster(tmp_path):
             assert head.poll() is None, head.stdout.read()
             assert time.time() < deadline, f"the Ray head did not take jobs: {answer.stderr[-2000:]}"
             time.sleep(1)
-        yield address, env
+        yield address, env, f"127.0.0.1:{gcs}"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -84,7 +85,7 @@ def cluster(tmp_path):
 
 
 def test_demo_job_through_ray_job_submit(cluster, tmp_path):
-    address, env = cluster
+    address, env, _ = cluster
     out = tmp_path / "demo"
     proc = subprocess.run(
         [
@@ -114,3 +115,25 @@ def test_demo_job_through_ray_job_submit(cluster, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"] == manifest["kept"] + sum(manifest["rejected"].values()) + manifest["quarantined"] > 1000
     assert (out / "report.html").is_file()
+
+
+def test_run_with_address_joins_the_cluster(cluster, tmp_path):
+    """`curate run --address HOST:PORT` runs on the cluster (its Ray records say it joined one)."""
+    _, env, gcs = cluster
+    job = tmp_path / "job.yaml"
+    sample = REPO / "data" / "samples" / "openwebtext_short12.jsonl"
+    job.write_text(json.dumps({"name": "a", "inputs": [{"path": str(sample)}], "stages": [{"langid": {}}]}))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(BIN / "curate"), "run", str(job), "--out", str(out), "--address", gcs],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"] == 12 == manifest["kept"] + sum(manifest["rejected"].values()) + manifest["quarantined"]
+    log = (out / "logs" / "ray.log").read_text()  # Ray names the node's own address for 127.0.0.1
+    assert re.search(rf"Connecting to existing Ray cluster at address: [\d.]+:{gcs.rsplit(':', 1)[1]}\b", log), log
