@@ -101,19 +101,20 @@ def test_ahead_of_time_loops_answer_as_the_jit(aot_build, index, tmp_path):
         assert aot[key] == jit[key], key
 
 
-def test_one_shot_query_loads_nothing_heavy(aot_build, index):
+@pytest.mark.parametrize("query", [["count", "[5, 7]", "--ids"], ["count", "of the"]])
+def test_one_shot_query_loads_nothing_heavy(aot_build, text_index, query):
     probe = (
         "import contextlib, io, json, sys\n"
         "from curate.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-        f"    code = main(['index', 'query', {str(index)!r}, 'count', '[5, 7]', '--ids'])\n"
+        f"    code = main(['index', 'query', {str(text_index)!r}, *{query!r}])\n"
         f"print(json.dumps([code, json.loads(out.getvalue()), sorted(m for m in {HEAVY!r} if m in sys.modules)]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "CURATE_INDEX_LOOPS"}
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     code, answer, heavy = json.loads(out.stdout.strip().splitlines()[-1])
-    assert code == 0 and answer["token_ids"] == [5, 7] and answer["latency"] > 0
+    assert code == 0 and answer["latency"] > 0 and (answer["count"] > 0 or "--ids" in query)
     assert heavy == []
 
 
@@ -130,15 +131,22 @@ def test_a_build_of_another_source_is_not_loaded(aot_build, tmp_path, monkeypatc
     assert search_loops._load_aot() is None
 
 
-def test_phrase_vocabulary_is_stored_and_reloaded(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def text_index(tmp_path_factory) -> Path:
+    """A small index of the shipped samples with its tokenizer (so text queries work)."""
+    root = tmp_path_factory.mktemp("text")
     texts = real_texts(limit_per_file=20)
-    tokenizer = train_tokenizer(texts, tmp_path / "tok.json", vocab_size=400)
+    tokenizer = train_tokenizer(texts, root / "tok.json", vocab_size=400)
     docs = [(ids, {}) for ids in tokenizer.encode_batch(texts)]
-    write_index(docs, tmp_path / "ix", tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, log=lambda m: None)
+    write_index(docs, root / "ix", tokenizer.vocab_size, tokenizer.eos_token_id, tokenizer, log=lambda m: None)
+    return root / "ix"
+
+
+def test_phrase_vocabulary_is_stored_and_reloaded(text_index, tmp_path, monkeypatch):
     monkeypatch.setattr(phrases, "VOCABULARY_CACHE", tmp_path / "cache")
     queries = ["the", "of the", "United States", "in a", "zzqx"]
 
-    built = [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries]
+    built = [phrases.count(Engine(text_index), q)["count"] for q in queries]
     stored = list((tmp_path / "cache").glob("*.pickle"))
     assert len(stored) == 1 and built[0] > 100 and built[-1] == 0
 
@@ -146,9 +154,9 @@ def test_phrase_vocabulary_is_stored_and_reloaded(tmp_path, monkeypatch):
         raise AssertionError("the stored vocabulary was rebuilt")
 
     monkeypatch.setattr(phrases.Vocabulary, "__init__", no_build)  # unpickling does not call it
-    assert [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries] == built  # loaded, not rebuilt
+    assert [phrases.count(Engine(text_index), q)["count"] for q in queries] == built  # loaded, not rebuilt
     monkeypatch.undo()
     monkeypatch.setattr(phrases, "VOCABULARY_CACHE", tmp_path / "cache")
     stored[0].write_bytes(b"torn")  # a damaged file is rebuilt and replaced
-    assert [phrases.count(Engine(tmp_path / "ix"), q)["count"] for q in queries] == built
+    assert [phrases.count(Engine(text_index), q)["count"] for q in queries] == built
     assert stored[0].read_bytes() != b"torn"
