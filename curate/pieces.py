@@ -32,16 +32,21 @@ class PieceEncoder:
         proto.ParseFromString(Path(model_file).read_bytes())
         self.table = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
         self.unk = self.sp.unk_id()
-        normal = [p.piece for p in proto.pieces if p.type == sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL]
+        kind = sentencepiece_model_pb2.ModelProto.SentencePiece
+        normal = [p.piece for p in proto.pieces if p.type == kind.NORMAL]
         self.known = frozenset(p for p in normal if len(p) == 1)
         unknown = "".join(chr(c) for c in range(32, 127) if chr(c) not in self.known and chr(c) != " ")
         self.unknown_run = re.compile(f"[{re.escape(unknown)}]+" if unknown else "(?!)")
-        self.ascii = self._ascii_processor(proto, normal)
+        user_defined = any(p.type == kind.USER_DEFINED for p in proto.pieces)
+        self.ascii = None if user_defined else self._ascii_processor(proto, normal)
 
-    def _ascii_processor(self, proto, normal: list[str]) -> spm.SentencePieceProcessor | None:
+    def _ascii_processor(
+        self, proto: sentencepiece_model_pb2.ModelProto, normal: list[str]
+    ) -> spm.SentencePieceProcessor | None:
         """The model without its normaliser, when the fast path gives the reference's pieces:
-        ASCII left as it is, whitespace handled as usual, and every character of every piece a
-        piece itself (so an unknown piece is exactly a run of unknown characters)."""
+        ASCII left as it is, whitespace handled as usual, no user-defined symbols, and every
+        character of every piece a piece itself (so an unknown piece is exactly a run of unknown
+        characters)."""
         spec = proto.normalizer_spec
         usual = spec.add_dummy_prefix and spec.remove_extra_whitespaces and spec.escape_whitespaces
         if spec.name not in ASCII_IDENTITY or not usual or proto.trainer_spec.treat_whitespace_as_suffix:
@@ -54,7 +59,11 @@ class PieceEncoder:
 
     def encode(self, lines: list[str]) -> list[list[str]]:
         """The pieces of each line (one batch call per path)."""
-        fast = [i for i, line in enumerate(lines) if line.isascii() and line.isprintable()] if self.ascii else []
+        fast = (
+            [i for i, line in enumerate(lines) if line.isascii() and line.isprintable()]
+            if self.ascii is not None
+            else []
+        )
         out: list[list[str]] = [[]] * len(lines)
         if len(fast) < len(lines):
             slow = sorted(set(range(len(lines))).difference(fast))
