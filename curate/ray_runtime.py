@@ -9,6 +9,7 @@ terminal: they come back to the driver as exceptions, which the command reports.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -137,6 +138,14 @@ def format_worker_lines(data: dict[str, Any]) -> list[str]:
     return [f"{prefix} {line}" for line in data.get("lines", [])]
 
 
+class _LogFileHandler(logging.StreamHandler):
+    """Ray's records into the run's log file. A record that cannot be written (a full disk) is
+    dropped, not printed as a traceback on the terminal: curate's own writes report the full disk."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 class _Route:
     """The current destination of Ray's records in this process, undone before it moves."""
 
@@ -160,7 +169,7 @@ class _Route:
         self.stream = open(path, "a", encoding="utf-8", buffering=1)
         self.path = path
         self.verbose = verbose
-        self.handler = logging.StreamHandler(self.stream)
+        self.handler = _LogFileHandler(self.stream)
         self.handler.setFormatter(logging.Formatter(FILE_FORMAT))
         self.handler.setLevel(logging.INFO)
         for name in RAY_LOGGERS:
@@ -210,7 +219,8 @@ class _Route:
             return
         with self.lock:
             if self.stream is not None:
-                self.stream.write("".join(line + "\n" for line in format_worker_lines(data)))
+                with contextlib.suppress(OSError):  # a full disk: see _LogFileHandler
+                    self.stream.write("".join(line + "\n" for line in format_worker_lines(data)))
 
     def undo(self) -> None:
         if self.native_stderr is not None:
