@@ -374,9 +374,7 @@ def split_outputs(
         (out_dir / name).unlink(missing_ok=True)
     for sub in ("kept", "rejected", "quarantine"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
-    split = [
-        split_shard(spec.shard, path, stages, params, out_dir, duplicates) for spec, path in zip(shards, scored)
-    ]
+    split = [split_shard(spec.shard, path, stages, params, out_dir, duplicates) for spec, path in zip(shards, scored)]
     result = RunResult.collect(split, params, scores)
     log(f"wrote {len(result.files)} output files to {out_dir}")
     return result
