@@ -114,7 +114,9 @@ class Stage:
             fn_constructor_kwargs={"stage": self},
             batch_size=batch_docs,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+            # one block (shard) at a time per actor: with Ray's default of two, a busy actor holds the
+            # next shard while another sits idle at the end of the run (seen: 2.3 s of 23 s on 2 workers)
+            compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=1),
             **resources.ray_options(),
         )
 
