@@ -93,6 +93,12 @@ def _requests(engine: Engine) -> list[dict]:
         {"query_type": "get_doc_by_rank", "s": 4, "rank": 0},  # no such shard: 400, same message
         {"query_type": "get_doc_by_rank", "s": last, "rank": 10**7},  # a group's QueryError: 400
         {"query_type": "ntd", "query": "x", "max_support": 10**6},
+        # text is a phrase of words (indexes/phrases.py): the front walks its token paths through the groups
+        {"query_type": "count", "query": "the first time"},
+        {"query_type": "prob", "query": "for the first time"},
+        {"query_type": "ntd", "query": "the first", "max_support": 1000},
+        {"query_type": "infgram_prob", "query": "was the first time"},
+        {"query_type": "attribute", "query": "It was the first time that the river was seen", "min_tokens": 2},
     ]
 
 
