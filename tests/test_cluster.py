@@ -40,8 +40,8 @@ OUTPUTS = ("kept", "rejected", "quarantine")
 
 
 MULTI_NODE_BROKEN = pytest.mark.skip(
-    reason="on the final tree Ray Data cancels the stage actors on the second node before they run "
-    "(ActorDiedError: 'cancelled before it started running'), alone and in the suite; issue 17 tracks it"
+    reason="passes alone (57-83 s on a quiet machine), but after another test file has used Ray in the same "
+    "pytest process Ray Data cancels the second node's stage actors before they run; issue 17 tracks it"
 )
 
 
