@@ -54,19 +54,32 @@ def bpe(tmp_path_factory):
     return small_tokenizer(tmp_path_factory.mktemp("bpe") / "bpe.json")
 
 
-@pytest.fixture(scope="module", params=["bpe", "metaspace", "gemma"])
-def index(request, corpus, bpe, tmp_path_factory):
+@pytest.fixture(scope="module")
+def engines(corpus, bpe, tmp_path_factory):
+    """The corpus's index under a tokenizer, by name, built once when first asked for."""
     indexed, _ = corpus
-    root = tmp_path_factory.mktemp(request.param)
-    docs = root / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in indexed))
-    tokenizer = {
-        "bpe": lambda: bpe,
-        "metaspace": lambda: metaspace_tokenizer(root / "spm.json", indexed),
-        "gemma": gemma_path,
-    }[request.param]()
-    build_index([str(docs)], tokenizer, root / "ix", shard_tokens=200_000, log=lambda m: None)
-    return request.param, Engine(root / "ix")
+    built: dict[str, Engine] = {}
+
+    def engine(name: str) -> Engine:
+        if name not in built:
+            root = tmp_path_factory.mktemp(name)
+            docs = root / "docs.jsonl"
+            docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in indexed))
+            tokenizer = {
+                "bpe": lambda: bpe,
+                "metaspace": lambda: metaspace_tokenizer(root / "spm.json", indexed),
+                "gemma": gemma_path,
+            }[name]()
+            build_index([str(docs)], tokenizer, root / "ix", shard_tokens=200_000, log=lambda m: None)
+            built[name] = Engine(root / "ix")
+        return built[name]
+
+    return engine
+
+
+@pytest.fixture(scope="module", params=["bpe", "metaspace", "gemma"])
+def index(request, engines):
+    return request.param, engines(request.param)
 
 
 def regex_count(texts: list[str], phrase: str) -> int:
@@ -169,10 +182,9 @@ def _brute_next_tokens(engine: Engine, tokenized: list, phrase: str) -> Counter:
     return out
 
 
-def test_text_ntd_prob_infgram_and_search_docs_use_phrases(index, corpus):
-    name, engine = index
-    if name != "bpe":
-        pytest.skip("the other query types are checked on one tokenizer; counts on all three")
+def test_text_ntd_prob_infgram_and_search_docs_use_phrases(engines, corpus):
+    """The other query types on one tokenizer; counts are checked on all three."""
+    engine = engines("bpe")
     indexed, _ = corpus
     tokenized = _token_starts(engine, indexed)
     for q in random_phrases(indexed, 40, 3):
@@ -232,10 +244,9 @@ class RemoteShards(Engine):
             return super().get_doc_by_rank(s, rank, max_disp_len)
 
 
-def test_phrases_through_the_engine_methods_alone(index, corpus):
-    name, engine = index
-    if name != "bpe":
-        pytest.skip("one tokenizer is enough for the engine-method path")
+def test_phrases_through_the_engine_methods_alone(engines, corpus):
+    """One tokenizer is enough for the engine-method path."""
+    engine = engines("bpe")
     remote = RemoteShards(engine.index_dir)
     for q in random_phrases(corpus[0], 100, 5):
         assert phrases.count(remote, q) == phrases.count(engine, q), q
