@@ -40,8 +40,9 @@ OUTPUTS = ("kept", "rejected", "quarantine")
 
 
 MULTI_NODE_BROKEN = pytest.mark.skip(
-    reason="passes alone (57-83 s on a quiet machine), but after another test file has used Ray in the same "
-    "pytest process Ray Data cancels the second node's stage actors before they run; issue 17 tracks it"
+    reason="the two-node run passed alone on a quiet machine, but after another test file has used Ray (in this "
+    "process or in a parent pytest process still holding it) Ray Data cancels the second node's stage actors "
+    "before they run; issue 17 tracks it"
 )
 
 
