@@ -5,6 +5,9 @@ error, the file and the line (1-based line for JSON Lines, 0-based row for Parqu
 input. Blank lines in JSON Lines files are not records and are not counted; a UTF-8 byte-order
 mark at the start of a file is skipped, as most JSON readers do.
 
+Inputs may be local paths or object-store URLs (`s3://bucket/prefix/*.jsonl.gz`): every file
+operation goes through `curate.storage`, on the driver and in Ray's read tasks alike.
+
 A damaged file (a truncated or fake `.gz`, a Parquet file that will not open) does not stop a job:
 the records before the damage are read as usual, and the unreadable rest of the file becomes one
 more quarantined record that names the file and the line (or row) where reading failed.
@@ -12,20 +15,16 @@ more quarantined record that names the file and the line (or row) where reading 
 
 from __future__ import annotations
 
-import glob
-import gzip
-import hashlib
 import json
 import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.atomic import atomic_path
+from curate import storage
+from curate.storage import Location
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -57,45 +56,45 @@ class InputError(ValueError):
     """A problem with the inputs as a whole (missing file, unsupported format)."""
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files, folders (searched recursively) and globs, in a stable order, without repeats."""
-    found: list[Path] = []
+def expand_inputs(patterns: list[str]) -> list[Location]:
+    """Files, folders or prefixes (searched recursively) and globs, in a stable order, without repeats."""
+    found: list[Location] = []
     for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_supported(p))
+        path = storage.as_location(pattern)
+        if storage.is_dir(path):
+            matches = [p for p in storage.list_files(path) if _is_supported(p)]
             if not matches:
                 raise InputError(f"input folder {pattern} holds no .jsonl, .jsonl.gz or .parquet files")
-        elif path.is_file():
+        elif storage.is_file(path):
             if not _is_supported(path):
                 raise InputError(f"input {pattern}: unsupported format (use .jsonl, .jsonl.gz or .parquet)")
             matches = [path]
         else:
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if _is_supported(Path(p)))
+            matches = [p for p in storage.glob(pattern) if _is_supported(p)]
             if not matches:
                 raise InputError(f"input {pattern}: no such file, folder or matching glob")
-        found.extend(m.resolve() for m in matches)
+        found.extend(storage.absolute(m) for m in matches)
     return list(dict.fromkeys(found))
 
 
-def _is_supported(path: Path) -> bool:
-    return path.name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+def _is_supported(path: Location) -> bool:
+    return storage.name(path).endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
 
 
-def default_source(path: Path) -> str:
-    name = path.name
+def default_source(path: Location) -> str:
+    name = storage.name(path)
     for suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def count_records(path: Path) -> int:
+def count_records(path: Location) -> int:
     """Records in a file: non-blank lines of JSON Lines, rows of Parquet; the unreadable rest of
     a damaged file counts as one."""
-    if path.name.endswith(PARQUET_SUFFIXES):
+    if storage.name(path).endswith(PARQUET_SUFFIXES):
         try:
-            return pq.ParquetFile(path).metadata.num_rows
+            return storage.parquet_file(path).metadata.num_rows
         except READ_ERRORS:
             return 1
     return sum(1 for _ in _lines(path))
@@ -113,12 +112,14 @@ def is_unreadable(error: str) -> bool:
     return UNREADABLE in error
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes | Unreadable]]:
+def _lines(path: Location) -> Iterator[tuple[int, bytes | Unreadable]]:
     """(line number, line) for the non-blank lines of a JSON Lines file, a leading BOM skipped;
-    reading stops at damage, which comes last as an `Unreadable` at the line that failed."""
+    reading stops at damage, which comes last as an `Unreadable` at the line that failed. An object
+    store that fails (a StorageError, not one of READ_ERRORS) stops the run instead."""
     line_no, offset = 0, 0
+    gz = storage.name(path).endswith(".gz")
     try:
-        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+        with storage.open_input(path) as f:
             for line_no, line in enumerate(f, start=1):
                 offset += len(line)
                 if line_no == 1 and line.startswith(BOM):
@@ -126,7 +127,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes | Unreadable]]:
                 if line.strip():
                     yield line_no, line
     except READ_ERRORS as e:
-        where = f"after {offset} bytes" + (" of decompressed data" if path.name.endswith(".gz") else "")
+        where = f"after {offset} bytes" + (" of decompressed data" if gz else "")
         yield line_no + 1, Unreadable(f"{type(e).__name__}: {e} ({where})")
 
 
@@ -141,7 +142,7 @@ class ShardSpec:
     source: str | None  # overrides the records' own `source` when set
 
 
-def plan_shards(files: list[tuple[Path, str | None]], shard_docs: int) -> list[ShardSpec]:
+def plan_shards(files: list[tuple[Location, str | None]], shard_docs: int) -> list[ShardSpec]:
     shards: list[ShardSpec] = []
     for path, source in files:
         n = count_records(path)
@@ -152,7 +153,7 @@ def plan_shards(files: list[tuple[Path, str | None]], shard_docs: int) -> list[S
 
 def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     """Read and validate one shard into ROW_SCHEMA rows."""
-    path = Path(spec.path)
+    path = storage.as_location(spec.path)
     fallback_source = spec.source or default_source(path)
     rows = [
         _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
@@ -161,12 +162,12 @@ def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
+def _records(path: Location, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
     """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
     `Unreadable` rest of a damaged file."""
-    if path.name.endswith(PARQUET_SUFFIXES):
+    if storage.name(path).endswith(PARQUET_SUFFIXES):
         try:
-            rows = pq.read_table(path).slice(start, stop - start).to_pylist()
+            rows = storage.read_parquet(path).slice(start, stop - start).to_pylist()
         except READ_ERRORS as e:  # every row of the slice is counted, so every row is quarantined
             for position in range(start, stop):
                 yield position, Unreadable(f"{type(e).__name__}: {e}")
@@ -183,7 +184,7 @@ def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes | d
 def _validate(
     record: bytes | dict,
     position: int,
-    path: Path,
+    path: Location,
     source_override: str | None,
     fallback_source: str,
     max_doc_bytes: int,
@@ -214,7 +215,7 @@ def _validate(
         raw.get("source") if isinstance(raw.get("source"), str) and raw.get("source") else fallback_source
     )
     doc_id = raw.get("id")
-    doc_id = f"{path.name}:{position}" if doc_id is None or doc_id == "" else str(doc_id)
+    doc_id = f"{storage.name(path)}:{position}" if doc_id is None or doc_id == "" else str(doc_id)
     text = raw.get("text")
     error = None
     if "text" not in raw or text is None:
@@ -253,30 +254,25 @@ def _quarantine(where: dict, source: str, error: str, record: bytes | dict, doc_
     else:
         raw = json.dumps(record, ensure_ascii=False, default=str)
     return {
-        "id": doc_id or f"{Path(where['input_file']).name}:{where['input_row']}",
+        "id": doc_id or f"{storage.name(where['input_file'])}:{where['input_row']}",
         "text": None,
         "source": source,
         "url": None,
         "meta": None,
         **where,
-        "error": f"{Path(where['input_file']).name} row {where['input_row']}: {error}",
+        "error": f"{storage.name(where['input_file'])} row {where['input_row']}: {error}",
         "raw": raw[:RAW_KEEP_CHARS].rstrip("\n"),
     }
 
 
-def write_parquet(table: pa.Table, path: Path) -> str:
-    """Write atomically (temporary name, then rename) with zstd; return the file's sha256."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return sha256_file(path)
+def write_parquet(table: pa.Table, path: Location) -> str:
+    """Write atomically (a renamed temporary file, or one PUT) with zstd; return the sha256 of the
+    bytes written."""
+    return storage.write_parquet(table, path)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Location) -> str:
+    return storage.sha256(path)
 
 
 def read_texts(patterns: list[str]) -> Iterator[dict]:

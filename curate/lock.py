@@ -2,7 +2,16 @@
 writes its process id, host and start time into it; the kernel drops the lock when the process
 ends, however it ends, so the lock of a killed run is stale by construction and is taken over.
 (`flock` is per host; on a shared filesystem it holds across hosts only where the filesystem
-forwards locks, as NFSv4 does.)"""
+forwards locks, as NFSv4 does.)
+
+An object store has no flock. On S3 the lock is the object `OUT/.curate.lock`, created with a
+conditional PUT (`If-None-Match: *`): of two runs that start together exactly one creates it, on
+any host. Nothing drops it when its run is killed, so a holder is judged stale only where that can
+be known: a process of this host that is gone (or whose id now belongs to a younger process). It
+is then taken over with `If-Match` on the stale object's ETag, so of two runs taking over exactly
+one wins, and released with `If-Match` on the run's own ETag. A holder on another host is never
+judged: the message says to delete the object once that run is known to be dead. Other object
+stores (no conditional writes through pyarrow) get no lock, with a warning."""
 
 from __future__ import annotations
 
@@ -15,6 +24,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+
+from curate import storage
+
 LOCK_NAME = ".curate.lock"
 
 
@@ -23,8 +36,13 @@ class LockedError(ValueError):
 
 
 @contextlib.contextmanager
-def output_lock(directory: Path, log: Callable[[str], None] = print) -> Iterator[None]:
+def output_lock(directory: storage.Location, log: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the directory's lock for the block, or raise LockedError naming its holder."""
+    if storage.is_url(directory):
+        with _object_lock(str(directory), log):
+            yield
+        return
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -36,7 +54,7 @@ def output_lock(directory: Path, log: Callable[[str], None] = print) -> Iterator
             ) from None
         if previous := _holder(fd):
             log(f"taking over the lock of {_describe(previous)}, which ended without releasing it")
-        _write(fd, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        _write(fd, _me())
         try:
             yield
         finally:
@@ -45,12 +63,63 @@ def output_lock(directory: Path, log: Callable[[str], None] = print) -> Iterator
         os.close(fd)  # drops the flock
 
 
-def _holder(fd: int) -> dict | None:
-    data = os.pread(fd, 4096, 0)
+@contextlib.contextmanager
+def _object_lock(directory: str, log: Callable[[str], None]) -> Iterator[None]:
+    location = storage.join(directory, LOCK_NAME)
+    if not storage.supports_conditional_writes(directory):
+        log(f"no lock on {directory} (this store offers no conditional writes): start one run per output at a time")
+        yield
+        return
+    me = json.dumps(_me()).encode()
+    etag = storage.create_exclusive(location, me)
+    while etag is None:
+        found = storage.read_with_tag(location)
+        if found is None:  # released between the two requests: try again
+            etag = storage.create_exclusive(location, me)
+            continue
+        data, stale_tag = found
+        holder = _parse(data)
+        if not _is_stale(holder):
+            wait = "wait for it to finish, or use another --out"
+            if holder and holder.get("host") != socket.gethostname():
+                wait += f" (if that run is dead, delete {location})"
+            raise LockedError(f"{directory} is being written by {_describe(holder)}: {wait}")
+        etag = storage.replace_if(location, me, stale_tag)
+        if etag is not None:
+            log(f"taking over the lock of {_describe(holder)}, which ended without releasing it")
     try:
-        return json.loads(data) if data.strip() else None
+        yield
+    finally:
+        storage.remove_if(location, etag)  # only our own lock: never one another run took over
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+
+def _parse(data: bytes) -> dict | None:
+    try:
+        holder = json.loads(data) if data.strip() else None
     except ValueError:
         return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _is_stale(holder: dict | None) -> bool:
+    """A holder of this host whose process is gone, or whose id now names a process started after
+    the lock was taken. Unreadable holders and other hosts' are never judged stale."""
+    if not holder or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        return psutil.Process(int(holder["pid"])).create_time() > float(holder["started"]) + 1
+    except psutil.NoSuchProcess:
+        return True
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return False
+
+
+def _holder(fd: int) -> dict | None:
+    return _parse(os.pread(fd, 4096, 0))
 
 
 def _write(fd: int, holder: dict | None) -> None:

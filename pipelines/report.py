@@ -8,7 +8,6 @@ import base64
 import html
 import io
 import json
-from pathlib import Path
 
 import matplotlib
 
@@ -17,13 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from curate.atomic import write_text  # noqa: E402
 from curate.llm import report as llm_report  # noqa: E402
 from curate.stages import Plot, Stage  # noqa: E402
+from curate.storage import Location, join, write_text  # noqa: E402
 from pipelines.result import RunResult  # noqa: E402
 
 
-def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage], samples: int) -> dict:
+def write(out_dir: Location, manifest: dict, result: RunResult, stages: list[Stage], samples: int) -> dict:
     scores = result.scores
     data = {
         "job": manifest["job"],
@@ -39,8 +38,8 @@ def write(out_dir: Path, manifest: dict, result: RunResult, stages: list[Stage],
         "index": manifest.get("index"),
         "llm": llm_report.section(scores, result.kept, result.rejected, result.synthetic, samples),
     }
-    write_text(out_dir / "report.json", json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
-    write_text(out_dir / "report.html", _html(data))
+    write_text(join(out_dir, "report.json"), json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n")
+    write_text(join(out_dir, "report.html"), _html(data))
     return data
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,10 +30,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate import harmful, lm, registry
-from curate.atomic import write_text
+from curate import harmful, lm, registry, storage
 from curate.documents import (
     InputError,
     ShardSpec,
@@ -49,6 +45,7 @@ from curate.documents import (
 from curate.lock import LOCK_NAME, output_lock
 from curate.ray_runtime import init_ray, ray_log_file
 from curate.stages import Stage
+from curate.storage import Location
 from pipelines import report
 from pipelines.indexing import DEDUP, index_outputs
 from pipelines.progress import Progress
@@ -74,53 +71,56 @@ def run_job(
     log=print,
     verbose: bool = False,
 ) -> dict:
-    out_dir = Path(out or job.output_dir()).resolve()
-    if out_dir.exists() and not out_dir.is_dir():
+    out_dir = storage.absolute(out or job.output_dir())  # a local Path, or an object-store URL
+    if storage.is_url(out_dir) and job.train:
+        raise SpecError(f"`train` needs a local output directory, not {out_dir}: use a local --out")
+    if storage.exists(out_dir) and not storage.is_dir(out_dir):
         raise SpecError(f"the output directory {out_dir} is a file: name a directory with --out")
-    contents = [p for p in out_dir.iterdir() if p.name != LOCK_NAME] if out_dir.is_dir() else []
-    if fresh and contents and not (out_dir / "work" / "state.json").is_file():
+    contents = [p for p in storage.children(out_dir) if storage.name(p) != LOCK_NAME]
+    if fresh and contents and not storage.is_file(storage.join(out_dir, "work", "state.json")):
         raise SpecError(f"--fresh would delete {out_dir}, which is not a curate output directory (no work/state.json)")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(out_dir)
     except OSError as e:
         raise SpecError(f"cannot make the output directory {out_dir}: {e.strerror}") from e
     with output_lock(out_dir, log):
         if fresh:  # everything but the lock, which this run holds
-            for path in [p for p in out_dir.iterdir() if p.name != LOCK_NAME]:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            for path in [p for p in storage.children(out_dir) if storage.name(p) != LOCK_NAME]:
+                storage.remove_tree(path)
         return _run_locked(job, out_dir, address, log, verbose)
 
 
-def _run_locked(job: Job, out_dir: Path, address: str | None, log, verbose: bool) -> dict:
+def _run_locked(job: Job, out_dir: Location, address: str | None, log, verbose: bool) -> dict:
     started = time.time()
     model_dirs = prepare_models(job, log)
     stages = [build_stage(entry, model_dirs) for entry in job.stages]
     check_inputs(stages)
 
-    work = out_dir / "work"
-    state_file = work / "state.json"
+    work = storage.join(out_dir, "work")
+    state_file = storage.join(work, "state.json")
     config_hash = job.config_hash()
-    if state_file.is_file():
-        previous = json.loads(state_file.read_text())["config_hash"]
+    if storage.is_file(state_file):
+        previous = json.loads(storage.read_text(state_file))["config_hash"]
         if previous != config_hash:
             raise SpecError(
                 f"{out_dir} holds a run of another configuration (hash {previous}, this job is {config_hash}): "
                 "use another --out, or --fresh to start over"
             )
-    work.mkdir(parents=True, exist_ok=True)
-    write_text(state_file, json.dumps({"config_hash": config_hash, "job": job.model_dump(mode="json")}, indent=2))
+    storage.make_dirs(work)
+    state = {"config_hash": config_hash, "job": job.model_dump(mode="json")}
+    storage.write_text(state_file, json.dumps(state, indent=2))
 
     files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
     digests = {path: sha256_file(path) for path, _ in files}
     shards = plan_shards(files, job.shard_docs)
-    stamps = {s.shard: _stamp(s, digests[Path(s.path)]) for s in shards}
+    stamps = {s.shard: _stamp(s, digests[storage.as_location(s.path)]) for s in shards}
     pending = _pending(shards, stamps, work, log)
     log(
         f"{len(shards)} shards from {len(files)} files; "
         f"{len(shards) - len(pending)} already done, {len(pending)} to process"
     )
     if pending or job.index:  # Ray's records go to OUT/logs/ray.log (and the terminal with --verbose)
-        init_ray(address, verbose, ray_log_file(out_dir))
+        init_ray(address, verbose, ray_log_file(storage.local_dir(out_dir)))
     if pending:
         with contextlib.ExitStack() as serving:  # what stages need while the plan runs (LLM servers)
             for stage in stages:
@@ -140,7 +140,7 @@ def _run_locked(job: Job, out_dir: Path, address: str | None, log, verbose: bool
         f"kept {manifest['kept']}, rejected {sum(manifest['rejected'].values())}, "
         f"quarantined {manifest['quarantined']} of {manifest['input']} documents"
     )
-    log(f"report: {out_dir / 'report.html'}")
+    log(f"report: {storage.join(out_dir, 'report.html')}")
     return manifest
 
 
@@ -214,8 +214,8 @@ def check_inputs(stages: list[Stage]) -> None:
         made.update(stage.columns)
 
 
-def _shard_file(work: Path, shard: int) -> Path:
-    return work / f"shard-{shard:05d}.parquet"
+def _shard_file(work: Location, shard: int) -> Location:
+    return storage.join(work, f"shard-{shard:05d}.parquet")
 
 
 def _stamp(spec: ShardSpec, sha256: str) -> dict[str, Any]:
@@ -223,32 +223,35 @@ def _stamp(spec: ShardSpec, sha256: str) -> dict[str, Any]:
     return {"path": spec.path, "start": spec.start, "stop": spec.stop, "source": spec.source, "sha256": sha256}
 
 
-def _stamp_of(path: Path) -> dict[str, Any] | None:
-    """The stamp of a finished shard file; None when there is none (or the file is unreadable)."""
-    if not path.is_file():
+def _stamp_of(path: Location) -> dict[str, Any] | None:
+    """The stamp of a finished shard file (from its Parquet footer, wherever it is stored); None
+    when there is none or the file is unreadable. A store that cannot be reached is an error."""
+    if not storage.is_file(path):
         return None
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = storage.parquet_schema(path).metadata or {}
         return json.loads(metadata[STAMP_KEY]) if STAMP_KEY in metadata else None
+    except storage.StorageError:
+        raise
     except (OSError, ValueError, pa.ArrowException):
         return None
 
 
-def _pending(shards: list[ShardSpec], stamps: dict[int, dict], work: Path, log) -> list[ShardSpec]:
+def _pending(shards: list[ShardSpec], stamps: dict[int, dict], work: Location, log) -> list[ShardSpec]:
     """The shards to score. A finished shard is reused only if it was cut from the same slice of
     the same bytes (its stamp): a resume never serves stale data. One whose file grew or shrank
     before it moves under its new number; the rest are stale and removed."""
     key = functools.partial(json.dumps, sort_keys=True)
-    for leftover in work.glob(".shard-*.parquet.moving"):  # a run killed while moving shards: redone
-        leftover.unlink()
-    found = {path: _stamp_of(path) for path in work.glob("shard-*.parquet")}
+    for leftover in storage.glob(".shard-*.parquet.moving", work):  # a run killed while moving shards: redone
+        storage.remove(leftover)
+    found = {path: _stamp_of(path) for path in storage.glob("shard-*.parquet", work)}
     by_stamp = {key(stamp): path for path, stamp in found.items() if stamp}
     reuse = {_shard_file(work, s.shard): by_stamp.get(key(stamps[s.shard])) for s in shards}
     reuse = {target: source for target, source in reuse.items() if source is not None}
-    moving = {t: source.with_name(f".{source.name}.moving") for t, source in reuse.items() if source != t}
+    moving = {t: storage.join(work, f".{storage.name(s)}.moving") for t, s in reuse.items() if s != t}
     for target, temporary in moving.items():
-        os.replace(reuse[target], temporary)
-    stale = [path for path in found if path.exists() and reuse.get(path) != path]
+        storage.move(reuse[target], temporary)
+    stale = [path for path in found if storage.exists(path) and reuse.get(path) != path]
     if stale:
         digests = {stamp["path"]: stamp["sha256"] for stamp in stamps.values()}
         old = [stamp for path in stale if (stamp := found[path])]
@@ -256,9 +259,9 @@ def _pending(shards: list[ShardSpec], stamps: dict[int, dict], work: Path, log) 
         why = f"input changed since it was scored: {', '.join(changed)}" if changed else "cut from other input"
         log(f"{len(stale)} finished shards are stale ({why}): scoring their documents again")
         for path in stale:
-            path.unlink()
+            storage.remove(path)
     for target, temporary in moving.items():
-        os.replace(temporary, target)
+        storage.move(temporary, target)
     return [s for s in shards if _shard_file(work, s.shard) not in reuse]
 
 
@@ -300,7 +303,7 @@ def score_shards(
     pending: list[ShardSpec],
     stages: list[Stage],
     job: Job,
-    work: Path,
+    work: Location,
     address: str | None,
     verbose: bool = False,
     stamps: dict[int, dict] | None = None,
@@ -332,7 +335,7 @@ def score_shards(
 class _ShardSink:
     """Gathers rows by shard on the driver; writes a shard once all its rows have arrived."""
 
-    def __init__(self, work: Path, progress: Progress, stamps: dict[int, dict]):
+    def __init__(self, work: Location, progress: Progress, stamps: dict[int, dict]):
         self.work, self.progress, self.stamps = work, progress, stamps
         self.parts: dict[int, list[pa.Table]] = defaultdict(list)
         self.seen: dict[int, int] = defaultdict(int)
@@ -363,7 +366,12 @@ class _ShardSink:
 
 
 def split_outputs(
-    shards: list[ShardSpec], stages: list[Stage], work: Path, out_dir: Path, log, duplicate_ids: str = "reject"
+    shards: list[ShardSpec],
+    stages: list[Stage],
+    work: Location,
+    out_dir: Location,
+    log,
+    duplicate_ids: str = "reject",
 ) -> RunResult:
     """Fit the stages on the run's scores, split every shard with the fitted parameters, collect."""
     scored = [_shard_file(work, s.shard) for s in shards]
@@ -371,20 +379,20 @@ def split_outputs(
     duplicates = find_duplicates(scores, duplicate_ids)
     params = fit_stages(stages, scores, log, duplicates)
     for name in FINAL_FILES:  # from here until the manifest is written again, the output set is unfinished
-        (out_dir / name).unlink(missing_ok=True)
+        storage.remove(storage.join(out_dir, name))
     for sub in ("kept", "rejected", "quarantine"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        storage.remove_tree(storage.join(out_dir, sub))
     split = [split_shard(spec.shard, path, stages, params, out_dir, duplicates) for spec, path in zip(shards, scored)]
     result = RunResult.collect(split, params, scores)
     log(f"wrote {len(result.files)} output files to {out_dir}")
     return result
 
 
-def read_scores(files: list[Path], stages: list[Stage]) -> pl.DataFrame:
+def read_scores(files: list[Location], stages: list[Stage]) -> pl.DataFrame:
     """id, source, error and every stage's score columns of all the scored shards."""
     columns = ["id", "source", "error", "input_file", "input_row"] + [c for s in stages for c in s.columns]
     return (
-        pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
+        pl.concat([pl.from_arrow(storage.read_parquet(f, columns=columns)) for f in files], how="vertical_relaxed")
         if files
         else pl.DataFrame()
     )
@@ -443,15 +451,15 @@ def _or_none(duplicates: pl.DataFrame | None) -> pl.DataFrame:
 
 def split_shard(
     shard: int,
-    path: Path,
+    path: Location,
     stages: list[Stage],
     params: list[dict[str, Any]],
-    out_dir: Path,
+    out_dir: Location,
     duplicates: pl.DataFrame | None = None,
 ) -> ShardOutput:
     """Write one scored shard's kept/, rejected/ and quarantine/ parts (plus the documents the
     stages make from the kept ones)."""
-    df = pl.read_parquet(path)
+    df = pl.from_arrow(storage.read_parquet(path))
     timing = [c for c in df.columns if c.startswith("_seconds_")]
     seconds = {c.removeprefix("_seconds_"): float(df[c].sum()) for c in timing}
     df = df.drop(timing)
@@ -471,7 +479,7 @@ def split_shard(
     for sub, frame in parts.items():
         if len(frame):
             rel = f"{sub}/part-{shard:05d}.parquet"
-            files[rel] = {"rows": len(frame), "sha256": write_parquet(frame.to_arrow(), out_dir / rel)}
+            files[rel] = {"rows": len(frame), "sha256": write_parquet(frame.to_arrow(), storage.join(out_dir, rel))}
     rows = {sub: without_text(frame) if len(frame) else pl.DataFrame() for sub, frame in parts.items()}
     return ShardOutput(
         files=files, synthetic=without_text(synthetic) if len(synthetic) else pl.DataFrame(), seconds=seconds, **rows
@@ -497,9 +505,9 @@ def write_manifest(
     shards: list[ShardSpec],
     files,
     result: RunResult,
-    out_dir: Path,
+    out_dir: Location,
     seconds: float,
-    digests: dict[Path, str] | None = None,
+    digests: dict[Location, str] | None = None,
 ) -> dict:
     scores = result.scores
     total_input = sum(s.stop - s.start for s in shards)
@@ -554,5 +562,6 @@ def write_manifest(
             )
     if manifest["input"] != total_input:
         raise RuntimeError(f"accounting broken: {total_input} input records but {manifest['input']} rows were read")
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    storage.write_text(storage.join(out_dir, "manifest.json"), text)
     return manifest
