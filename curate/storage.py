@@ -120,9 +120,9 @@ def _filesystem(scheme: str, netloc: str, endpoint: str | None) -> pafs.FileSyst
 def _reason(error: BaseException) -> str:
     """What the store said, without the SDK's noise."""
     text = " ".join(str(error).split())
-    if "NETWORK_CONNECTION" in text or "curlCode" in text:
+    if any(sign in text for sign in ("NETWORK_CONNECTION", "curlCode", "Could not connect")):  # pyarrow, boto3
         return f"cannot reach the object store's endpoint ({_endpoint()}): {text}"
-    if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "Forbidden" in text:
+    if any(sign in text for sign in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "Forbidden")):
         return f"access denied (credentials come from the AWS environment and config chain): {text}"
     return text
 
@@ -367,7 +367,7 @@ def remove_tree(location: Location) -> None:
     kind = _info(location).type
     with _store_errors(location):
         if kind == pafs.FileType.Directory:
-            filesystem.delete_dir_contents(path, missing_dir_ok=True)
+            filesystem.delete_dir(path)  # the objects under the prefix, and pyarrow's marker of it
         elif kind == pafs.FileType.File:
             filesystem.delete_file(path)
 

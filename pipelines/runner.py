@@ -120,6 +120,8 @@ def _run_locked(job: Job, out_dir: Location, address: str | None, log, verbose: 
         f"{len(shards) - len(pending)} already done, {len(pending)} to process"
     )
     if pending or job.index:  # Ray's records go to OUT/logs/ray.log (and the terminal with --verbose)
+        if storage.is_url(out_dir):  # a log file stays on the driver's disk
+            log(f"Ray's records of this run: {ray_log_file(storage.local_dir(out_dir))}")
         init_ray(address, verbose, ray_log_file(storage.local_dir(out_dir)))
     if pending:
         with contextlib.ExitStack() as serving:  # what stages need while the plan runs (LLM servers)

@@ -40,7 +40,10 @@ SAMPLE = DATA / "samples" / "openwebtext_short12.jsonl"
 # Documented commands this file does not run, keyed by subcommand: the test file that runs them
 # and why not here (minutes of training, a model server, a cluster).
 ELSEWHERE = {
-    ("run",): ("tests/test_run.py", "KenLM models trained first; --fresh here, --address: test_ray_job_submit.py"),
+    ("run",): (
+        "tests/test_run.py",
+        "KenLM models trained first; --fresh here, --address: test_ray_job_submit.py, s3://: test_storage.py",
+    ),
     ("kenlm", "train"): ("tests/test_lm_cli.py", "lmplz on the demo's corpora takes minutes"),
     ("kenlm", "score"): ("tests/test_run.py", "needs trained models (the session fixture)"),
     ("kenlm", "calibrate"): ("tests/test_lm_cli.py", "trains and calibrates harmful models"),
