@@ -1,30 +1,31 @@
 """Harmful-content perplexity on the shipped labelled data and on real web pages, before and
-after language identification and the out-of-domain guard, in one run:
+after language identification, the out-of-domain guard and the contrast on one scale, in one run:
 
     .venv/bin/python benchmarks/harmful.py
 
-Training: Davidson et al. tweets of the `train` id split (harmful ones for the harmful model;
-benign ones plus the Wikipedia sample for the contrastive reference). Threshold: best macro-F1 on
-the `val` split. Figures: the `test` split, the Jigsaw talk-page comments (another genre, all
-unseen), and the share of the web sample flagged (benign pages, almost all: a filter that flags
-many of them over-filters), split by the langid stage into English and other languages, and by
-the id split of the pages: the guard models train on `train`, the web-fitted guard level is
-fitted on `val`, and `test` is held out from both.
+Training: Davidson et al. tweets of the `train` id split. Threshold: best macro-F1 on the `val`
+split. Figures: the `test` split, the Jigsaw talk-page comments (another genre, all unseen), and
+the share of the web sample flagged (benign pages, almost all: a filter that flags many of them
+over-filters), split by the langid stage into English and other languages, and by the id split of
+the pages: the guard model trains on `train`, the web-fitted guard level is fitted on `val`, and
+`test` is held out from both.
 
-- before: every page scored by the English models, no guard (the filter as it was);
-- guard v1: langid first, only English pages scored (`models: {en: ...}`), the guard model trained
-  on benign tweets, Wikipedia and the `train` web pages, its levels from the harmful val tweets;
-- guard v2 (now): langid first, the guard model trained on the `train` web pages only, its margin
-  level raised until at most 2% of the `val` web pages are flagged (`calibrate --web`).
+- before: every page scored by the English models, no guard; v2's models and contrast;
+- guard v2: langid first, only English pages scored (`models: {en: ...}`); harmful model order 5,
+  8,000 pieces; reference: benign tweets plus Wikipedia; the contrast as each model's own per-token
+  mean (`model_means`); the guard model trained on the `train` web pages, its margin raised until
+  at most 2% of the `val` web pages are flagged (`calibrate --web`);
+- v3 (now): as v2, with the contrast over the harmful model's tokens (`harmful_tokens`, the two
+  models' vocabularies differ) and the models chosen on `val` under it: order 3, 4,000 pieces,
+  reference of the benign `train` tweets only.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import numpy as np
 
@@ -44,22 +45,25 @@ WIKI = str(REPO / "data" / "wiki")
 
 def main() -> None:
     quiet = lambda *_: None  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="curate-harmful-") as tmp:
+    with TemporaryDirectory(prefix="curate-harmful-") as tmp:
         root = Path(tmp)
-        harm, ref, guard_v1, guard_v2 = (root / n for n in ("harmful", "benign", "guard_v1", "guard_v2"))
-        benign = [lm.source(DAVIDSON, {"harmful": False}, "train"), lm.source(WIKI)]
-        lm.train([lm.source(DAVIDSON, {"harmful": True}, "train")], harm, vocab=8000, log=quiet)
-        lm.train(benign, ref, vocab=8000, log=quiet)
-        lm.train([*benign, lm.source(WEB, None, "train")], guard_v1, vocab=8000, log=quiet)
-        lm.train([lm.source(WEB, None, "train")], guard_v2, vocab=8000, log=quiet)
-        harm_v1 = root / "harmful_v1"
-        shutil.copytree(harm, harm_v1)
-        card_v1 = harmful.calibrate_model(harm_v1, [DAVIDSON], reference=ref, guard=guard_v1, log=quiet)
-        print("Davidson et al. tweets: threshold on the val split, figures on the test split (guard v2)")
-        card = harmful.calibrate_model(harm, [DAVIDSON], reference=ref, guard=guard_v2, web=[WEB])
+        harm_v2, ref_v2, harm_v3, ref_v3, guard = (root / n for n in ("harm_v2", "ref_v2", "harm", "ref", "web"))
+        harmful_tweets = lm.source(DAVIDSON, {"harmful": True}, "train")
+        benign_tweets = lm.source(DAVIDSON, {"harmful": False}, "train")
+        lm.train([harmful_tweets], harm_v2, vocab=8000, log=quiet)
+        lm.train([benign_tweets, lm.source(WIKI)], ref_v2, vocab=8000, log=quiet)
+        lm.train([harmful_tweets], harm_v3, order=3, vocab=4000, log=quiet)
+        lm.train([benign_tweets], ref_v3, order=3, vocab=4000, log=quiet)
+        lm.train([lm.source(WEB, None, "train")], guard, vocab=8000, log=quiet)
+        common = {"guard": guard, "web": [WEB]}
+        print("Davidson et al. tweets, guard v2: threshold on the val split, figures on the test split")
+        card_v2 = harmful.calibrate_model(harm_v2, [DAVIDSON], reference=ref_v2, contrast="model_means", **common)
+        print("\nDavidson et al. tweets, v3 (now)")
+        card = harmful.calibrate_model(harm_v3, [DAVIDSON], reference=ref_v3, **common)
         print("\nJigsaw talk-page comments (other genre, unseen), guard v2:")
-        jigsaw = harmful.evaluate(harm, [JIGSAW])
-        jigsaw_v1 = harmful.evaluate(harm_v1, [JIGSAW], log=quiet)
+        jigsaw_v2 = harmful.evaluate(harm_v2, [JIGSAW])
+        print("\nJigsaw talk-page comments, v3 (now):")
+        jigsaw = harmful.evaluate(harm_v3, [JIGSAW])
 
         docs = list(read_texts([WEB]))
         texts = [d["text"] for d in docs]
@@ -69,19 +73,20 @@ def main() -> None:
         langid.setup()
         english = langid.score(texts)["language"] == "en"
         langid_rate = len(texts) / (time.perf_counter() - t0)
-        harm_lm, ref_lm = LanguageModel(harm), LanguageModel(ref)
-        kind = card["default"]
-        assert card_v1["default"] == kind and card_v1[kind]["threshold"] == card[kind]["threshold"]
-        t = card[kind]["threshold"] if kind == "contrastive" else -np.log10(card[kind]["threshold"])
-        scores_v1 = harmfulness(harm_lm, ref_lm, texts, LanguageModel(guard_v1))
-        scores_v2 = harmfulness(harm_lm, ref_lm, texts, LanguageModel(guard_v2))
-        before = flag_score(scores_v1, kind, None) > t
-        v1 = (flag_score(scores_v1, kind, card_v1["guard"]) > t) & english  # other languages never scored
-        v2_guarded = flag_score(scores_v2, kind, card["guard"]) > t
-        v2 = v2_guarded & english
+        guard_lm = LanguageModel(guard)
 
-        def rate(flags: np.ndarray, where: np.ndarray) -> str:
-            return f"{flags[where].mean():.1%} ({int(flags[where].sum())}/{int(where.sum())})"
+        def flags(model: Path, ref: Path, card: dict, guarded: bool) -> np.ndarray:
+            kind = card["default"]
+            t = card[kind]["threshold"] if kind == "contrastive" else -np.log10(card[kind]["threshold"])
+            scores = harmfulness(LanguageModel(model), LanguageModel(ref), texts, guard_lm)
+            return flag_score(scores, kind, card["guard"] if guarded else None) > t
+
+        before = flags(harm_v2, ref_v2, card_v2, guarded=False)
+        v2 = flags(harm_v2, ref_v2, card_v2, guarded=True)
+        v3 = flags(harm_v3, ref_v3, card, guarded=True)
+
+        def rate(flagged: np.ndarray, where: np.ndarray) -> str:
+            return f"{flagged[where].mean():.1%} ({int(flagged[where].sum())}/{int(where.sum())})"
 
         print(f"\nweb sample: {len(texts)} pages, {english.sum()} English (langid); splits {Counter(split)}")
         print(
@@ -89,16 +94,19 @@ def main() -> None:
             "| other languages |"
         )
         print("|---|---|---|---|---|---|---|---|")
-        for name, dav, jig, flags in (
-            ("before", card[kind]["test"], jigsaw[kind], before),
-            ("guard v1", card_v1["guard"]["test"], jigsaw_v1[kind + " + guard"], v1),
-            ("guard v2", card["guard"]["test"], jigsaw[kind + " + guard"], v2),
+        kind_v2, kind = card_v2["default"], card["default"]
+        for name, dav, jig, flagged, scored in (
+            ("before", card_v2[kind_v2]["test"], jigsaw_v2[kind_v2], before, np.ones(len(texts), bool)),
+            ("guard v2", card_v2["guard"]["test"], jigsaw_v2[kind_v2 + " + guard"], v2, english),
+            ("v3 (now)", card["guard"]["test"], jigsaw[kind + " + guard"], v3, english),
         ):
+            flagged = flagged & scored  # with langid, other languages never reach the English models
             parts = [english, english & (split == "val"), english & (split == "test"), english & (split != "train")]
-            pages = " | ".join(rate(flags, where) for where in [*parts, ~english])
+            pages = " | ".join(rate(flagged, where) for where in [*parts, ~english])
             print(f"| {name} | {dav['macro_f1']:.3f} | {jig['macro_f1']:.3f} | {pages} |")
-        print(f"(guard v2 alone, without langid, on other languages: {rate(v2_guarded, ~english)})")
-        print(f"guard v2 levels: {card['guard']['from']}: min_margin {card['guard']['min_margin']:.3f}")
+        print(f"(v3 alone, without langid, on other languages: {rate(v3, ~english)})")
+        for name, c in (("guard v2", card_v2), ("v3", card)):
+            print(f"{name} levels: {c['guard']['from']}: min_margin {c['guard']['min_margin']:.3f}")
         print(f"langid speed (lid.176.ftz, 1 process): {langid_rate:.0f} docs/s")
 
 

@@ -62,12 +62,13 @@ def make_corpus(path: Path, copies: int) -> tuple[int, int]:
 
 def ccnet_loop(corpus: Path, model_dirs: list[Path]) -> dict[str, np.ndarray]:
     """The baseline: what cc_net's DocLM does per document, in one process, under each model.
-    Returns the per-token log10 probability of every document under each model, by id order."""
+    Returns, by id order, every document's sum of log10 probabilities, its tokens and their ratio
+    (the per-token log10 probability) under each model."""
     models = [
         (spm.SentencePieceProcessor(model_file=str(d / lm.SP_MODEL)), kenlm.Model(str(d / lm.KENLM_BINARY)))
         for d in model_dirs
     ]
-    ids, scores = [], []
+    ids, sums, tokens = [], [], []
     with open(corpus, encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)
@@ -79,8 +80,9 @@ def ccnet_loop(corpus: Path, model_dirs: list[Path]) -> dict[str, np.ndarray]:
                     pieces = sp.encode_as_pieces(normalized)
                     log_score[m] += model.score(" ".join(pieces))
                     length[m] += len(pieces) + 1
-            scores.append(log_score / length)
-    return {"id": np.array(ids), "lp": np.array(scores)}
+            sums.append(log_score)
+            tokens.append(length)
+    return {"id": np.array(ids), "sums": np.array(sums), "tokens": np.array(tokens), "lp": np.array(sums) / tokens}
 
 
 def kenlm_only(model_dirs: list[Path], copies: int) -> float:
@@ -129,7 +131,8 @@ def check_scores(name: str, baseline: dict[str, np.ndarray], rows: pl.DataFrame,
     assert len(rows) == len(baseline["id"]) and rows["id"].n_unique() == len(rows), f"{name}: documents lost"
     got = rows.sort("id")[column].to_numpy()
     order = np.argsort(baseline["id"])
-    np.testing.assert_allclose(got, value(baseline["lp"][order]), rtol=1e-9, err_msg=f"{name}: {column} differs")
+    expected = value({k: v[order] for k, v in baseline.items() if k != "id"})
+    np.testing.assert_allclose(got, expected, rtol=1e-9, err_msg=f"{name}: {column} differs")
 
 
 def train_models(tmp: Path, stages: list[str]) -> dict[str, Path]:
@@ -152,12 +155,13 @@ def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies
     if name == "perplexity":
         models = [dirs["wiki"]]
         stage = {"perplexity": {"model": str(dirs["wiki"])}}
-        column, value = "ppl", lambda lp: 10.0 ** (-lp[:, 0])
+        column, value = "ppl", lambda b: 10.0 ** (-b["lp"][:, 0])
     else:
         models = [dirs["harmful"], dirs["benign"]]
         settings = {"reference": str(dirs["benign"]), "score": "contrastive", "threshold": 0.0, "guard": False}
         stage = {"harmful": {"model": str(dirs["harmful"]), **settings}}
-        column, value = "harmful_score", lambda lp: lp[:, 0] - lp[:, 1]
+        # curate.harmful.CONTRAST: the log10-probability difference over the harmful model's tokens
+        column, value = "harmful_score", lambda b: (b["sums"][:, 0] - b["sums"][:, 1]) / b["tokens"][:, 0]
     cores = os.cpu_count() or 1
     n, nbytes = size
     print(f"\n{name} stage ({len(models)} model{'s' if len(models) > 1 else ''} per document)")

@@ -8,13 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from curate import calibrate
+from curate import calibrate, storage
 from curate.documents import read_texts
 from curate.lm import LanguageModel, perplexity
 from curate.normalize import DocumentLines
 from curate.splits import split_of
 
 WEB_FLAGGED = 0.02  # default: at most this share of the benign web pages of the val split flagged
+
+# How the harmful model's log-probability is set against another model's (the reference: the
+# contrastive score; the guard model: the guard margin). The two models cut the text with their
+# own SentencePiece vocabularies, so their per-token means are not on one scale: a word the harmful
+# model keeps whole and the reference cuts in three shifts the means apart whatever the two
+# probabilities. `harmful_tokens` divides the document's log10-probability difference (a
+# likelihood ratio) by the harmful model's token count; `model_means` subtracts each model's own
+# per-token mean, as cards calibrated before the contrast was recorded do.
+CONTRASTS = ("harmful_tokens", "model_means")
+CONTRAST = "harmful_tokens"
 
 
 def load_labeled(
@@ -48,12 +58,16 @@ def calibrate_model(
     guard: str | Path | None = None,
     web: list[str] | None = None,
     web_flagged: float | None = WEB_FLAGGED,
+    contrast: str = CONTRAST,
 ) -> dict:
     """Thresholds on the val split, figures on the test split; the out-of-domain guard's levels
     from the harmful val documents (`guard`: a benign model that knows the filtered genre, e.g.
     web pages trained on their `train` split). With `web` (unlabelled, almost all benign pages of
     that genre) and a guard model, the guard's margin is raised until at most `web_flagged` of
-    their `val` split is flagged; the share flagged is reported on their val and test splits."""
+    their `val` split is flagged; the share flagged is reported on their val and test splits.
+    Both differences are taken as `contrast` (one of CONTRASTS) says, and the card records it."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     texts, labels, splits = load_labeled(labeled, label_field)
     split = np.asarray(splits)
     val, test = split == "val", split == "test"
@@ -61,7 +75,7 @@ def calibrate_model(
     lm = LanguageModel(model_dir)
     ref = LanguageModel(reference) if reference else None
     guard_lm = LanguageModel(guard) if guard else None
-    scores = harmfulness(lm, ref, texts, guard_lm)
+    scores = harmfulness(lm, ref, texts, guard_lm, contrast)
     by_kind = {"perplexity": -np.log10(scores["harmful_ppl"])}
     if ref is not None:
         by_kind["contrastive"] = scores["harmful_score"]
@@ -77,7 +91,7 @@ def calibrate_model(
             "labeled": [str(p) for p in labeled],
         }
         if kind == "contrastive":
-            entry["reference"] = str(Path(reference).resolve())
+            entry["reference"] = str(storage.absolute(reference))
         results[kind] = entry
     default = max(results, key=lambda k: results[k]["validation"]["macro_f1"])
     levels = guard_levels(scores, val & labels, guard)
@@ -86,13 +100,13 @@ def calibrate_model(
     if web:
         web_docs = list(read_texts(web))
         web_split = np.asarray([split_of(doc["id"]) for doc in web_docs])
-        web_scores = harmfulness(lm, ref, [doc["text"] for doc in web_docs], guard_lm)
+        web_scores = harmfulness(lm, ref, [doc["text"] for doc in web_docs], guard_lm, contrast)
         if guard_lm is not None and web_flagged is not None:
             levels = fit_web_margin(levels, web_scores, web_split == "val", default, t, web_flagged)
     flags, parts = flag_score(scores, default, levels), (("validation", val), ("test", test))
     measured = {part: calibrate.as_dict(calibrate.metrics(flags[rows], labels[rows], t)) for part, rows in parts}
     guarded = {**unguarded, **measured}
-    thresholds = {"default": default, **results, "guard": {**levels, **measured}}
+    thresholds = {"default": default, "contrast": contrast, **results, "guard": {**levels, **measured}}
     lm.card.setdefault("thresholds", {})["harmful"] = thresholds
     lm.save_card()
     log(format_table({**results, f"{default} + guard": guarded}, default))
@@ -143,7 +157,7 @@ def guard_levels(scores: dict[str, np.ndarray], harmful_val: np.ndarray, guard: 
     low, high = GUARD_QUANTILES
     levels = {"max_harmful_ppl": float(np.percentile(scores["harmful_ppl"][harmful_val], high))}
     if guard is not None:
-        levels["reference"] = str(Path(guard).resolve())
+        levels["reference"] = str(storage.absolute(guard))
         levels["min_margin"] = float(np.percentile(scores["harmful_guard_margin"][harmful_val], low))
     levels["from"] = f"percentiles {low:g}/{high:g} of the {int(harmful_val.sum())} harmful validation documents"
     return levels
@@ -180,7 +194,8 @@ def calibrate_valley(model_dir: str | Path, unlabeled: list[str], log=print) -> 
         "from": "valley of the log-perplexity histogram",
         "unlabeled": [str(p) for p in unlabeled],
     }
-    lm.card.setdefault("thresholds", {})["harmful"] = {"default": "perplexity", "perplexity": entry}
+    calibrated = {"default": "perplexity", "contrast": CONTRAST, "perplexity": entry}
+    lm.card.setdefault("thresholds", {})["harmful"] = calibrated
     lm.save_card()
     flagged = int(np.sum(sums / tokens > t))
     log(
@@ -229,28 +244,43 @@ def format_table(results: dict, default: str) -> str:
     return "\n".join(lines)
 
 
+def contrast_of(card: dict) -> str:
+    """The contrast a harmful model's thresholds were calibrated with: CONTRAST for an
+    uncalibrated model, `model_means` for a calibration made before the contrast was recorded."""
+    calibrated = card.get("thresholds", {}).get("harmful")
+    return calibrated.get("contrast", "model_means") if calibrated else CONTRAST
+
+
 def harmfulness(
-    lm: LanguageModel, reference: LanguageModel | None, texts: list[str], guard: LanguageModel | None = None
+    lm: LanguageModel,
+    reference: LanguageModel | None,
+    texts: list[str],
+    guard: LanguageModel | None = None,
+    contrast: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Perplexities and the harmfulness score (higher = more harmful): the contrastive
     log10-probability difference when a reference is given, else minus log10 perplexity; with a
-    guard model, the same difference against it (`harmful_guard_margin`, NaN without). The texts
-    are cut into lines and normalised once for all the models."""
+    guard model, the same difference against it (`harmful_guard_margin`, NaN without). Both
+    differences are taken as `contrast` says (default: what the harmful model's card was
+    calibrated with, `contrast_of`). The texts are cut into lines and normalised once for all models."""
+    contrast = contrast or contrast_of(lm.card)
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r} (model {lm.dir})")
     lines = DocumentLines.of(texts)
     log10_sum, tokens = lm.score_lines(lines)
-    harm_lp = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
-    out = {"harmful_ppl": perplexity(log10_sum, tokens)}
-    if guard is not None:
-        guard_sum, guard_tokens = guard.score_lines(lines)
-        out["harmful_guard_margin"] = harm_lp - guard_sum / guard_tokens
-    else:
-        out["harmful_guard_margin"] = np.full(len(texts), np.nan)
-    if reference is not None:
-        ref_sum, ref_tokens = reference.score_lines(lines)
-        ref_lp = ref_sum / ref_tokens
-        out["harmful_ref_ppl"] = perplexity(ref_sum, ref_tokens)
-        out["harmful_score"] = harm_lp - ref_lp
-    else:
-        out["harmful_ref_ppl"] = np.full(len(texts), np.nan)
-        out["harmful_score"] = harm_lp
+    nan = np.full(len(texts), np.nan)
+    out = {"harmful_ppl": perplexity(log10_sum, tokens), "harmful_guard_margin": nan, "harmful_ref_ppl": nan}
+    others = {"harmful_guard_margin": guard, "harmful_score": reference}
+    for column, other in others.items():
+        if other is None:
+            continue
+        other_sum, other_tokens = other.score_lines(lines)
+        if contrast == "harmful_tokens":
+            out[column] = (log10_sum - other_sum) / tokens
+        else:
+            out[column] = log10_sum / tokens - other_sum / other_tokens
+        if column == "harmful_score":
+            out["harmful_ref_ppl"] = perplexity(other_sum, other_tokens)
+    if reference is None:
+        out["harmful_score"] = log10_sum / tokens  # per-token log10 probability, = -log10 ppl
     return out

@@ -158,7 +158,8 @@ def prepare_models(job: Job, log=print) -> dict[str, str]:
     for name, spec in job.models.items():
         calibrated = json.loads(_card_text(dirs[name]) or "{}").get("thresholds", {}).get("harmful")
         cal = spec.calibrate
-        if cal and (retrained & {name, cal.reference, cal.guard} or not calibrated):
+        outdated = calibrated and calibrated.get("contrast") != harmful.CONTRAST  # thresholds on another scale
+        if cal and (retrained & {name, cal.reference, cal.guard} or not calibrated or outdated):
             reference = _resolve(cal.reference, dirs) if cal.reference else None
             guard = _resolve(cal.guard, dirs) if cal.guard else None
             log(f"calibrating {name} on {cal.labeled}")

@@ -13,21 +13,35 @@ import sentencepiece as spm
 from curate.normalize import normalize_reference
 
 
-def by_hand(model_dir: str | Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token log10 probability and perplexity in CCNet's convention, with KenLM directly:
-    each line normalised, cut into pieces, scored with <s> and </s>; tokens = pieces + 1 per line."""
+def sums_by_hand(model_dir: str | Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per document, in CCNet's convention with KenLM directly: the sum of log10 probabilities
+    (each line normalised, cut into pieces, scored with <s> and </s>) and tokens (pieces + 1 per line)."""
     model = kenlm.Model(str(Path(model_dir) / "lm.binary"))
     sp = spm.SentencePieceProcessor(model_file=str(Path(model_dir) / "sp.model"))
-    per_token = []
+    sums, counts = [], []
     for text in texts:
         total, tokens = 0.0, 0
         for line in text.split("\n"):
             pieces = sp.encode(normalize_reference(line), out_type=str)
             total += model.score(" ".join(pieces), bos=True, eos=True)
             tokens += len(pieces) + 1
-        per_token.append(total / tokens)
-    lp = np.asarray(per_token)
+        sums.append(total)
+        counts.append(tokens)
+    return np.asarray(sums), np.asarray(counts)
+
+
+def by_hand(model_dir: str | Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token log10 probability and perplexity, from `sums_by_hand`."""
+    sums, tokens = sums_by_hand(model_dir, texts)
+    lp = sums / tokens
     return lp, 10.0 ** (-lp)
+
+
+def contrast_by_hand(harmful: str | Path, other: str | Path, texts: list[str]) -> np.ndarray:
+    """The harmful model's log10-probability minus the other model's, over the harmful model's tokens."""
+    harm_sums, harm_tokens = sums_by_hand(harmful, texts)
+    other_sums, _ = sums_by_hand(other, texts)
+    return (harm_sums - other_sums) / harm_tokens
 
 
 def split_by_hand(doc_id: str) -> str:

@@ -4,20 +4,23 @@
 A sign error in the contrastive score, a flipped comparison with the threshold, or a default
 score that is not the better one on validation would each fail here."""
 
+import json
 import math
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
+from curate import harmful
 from curate.documents import read_texts
 from curate.lm import LanguageModel
 from curate.perplexity.config import HarmfulConfig
 from curate.perplexity.stages import HarmfulFilter
 
 from .conftest import DATA, DAVIDSON
-from .harmful_support import by_hand, split_by_hand
+from .harmful_support import by_hand, contrast_by_hand, split_by_hand, sums_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +40,11 @@ def hand_scores(models, labelled) -> dict[str, dict[str, np.ndarray]]:
     """Per split: the contrastive score and the harmful model's perplexity, by hand."""
     out = {}
     for part, (texts, _) in labelled.items():
-        harm_lp, harm_ppl = by_hand(models["harmful"], texts)
-        ref_lp, _ = by_hand(models["benign"], texts)
-        out[part] = {"contrastive": harm_lp - ref_lp, "harmful_ppl": harm_ppl}
+        _, harm_ppl = by_hand(models["harmful"], texts)
+        out[part] = {
+            "contrastive": contrast_by_hand(models["harmful"], models["benign"], texts),
+            "harmful_ppl": harm_ppl,
+        }
     return out
 
 
@@ -63,18 +68,43 @@ def decide(models, texts: list[str], **config) -> pl.DataFrame:
 
 
 def test_contrastive_score_is_harmful_minus_reference_log_probability(models, labelled, hand_scores):
+    """The document's log10-probability under the harmful model minus that under the reference,
+    over the harmful model's tokens (the two models' SentencePiece vocabularies differ)."""
     texts = labelled["test"][0][:40] + [d["text"] for d in list(read_texts([str(DATA / "wiki")]))[:3]]
-    harm_lp, harm_ppl = by_hand(models["harmful"], texts)
-    ref_lp, ref_ppl = by_hand(models["benign"], texts)
+    harm_sums, harm_tokens = sums_by_hand(models["harmful"], texts)
+    ref_sums, ref_tokens = sums_by_hand(models["benign"], texts)
+    assert not np.array_equal(harm_tokens, ref_tokens)  # two tokenizations: per-token means would not compare
     stage = HarmfulFilter(HarmfulConfig(model=models["harmful"], score="contrastive", reference=models["benign"]))
     stage.setup()
     got = stage.score(texts)
-    np.testing.assert_allclose(got["harmful_score"], harm_lp - ref_lp, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(got["harmful_ppl"], harm_ppl, rtol=1e-9)
-    np.testing.assert_allclose(got["harmful_ref_ppl"], ref_ppl, rtol=1e-9)
+    score = (harm_sums - ref_sums) / harm_tokens
+    np.testing.assert_allclose(got["harmful_score"], score, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got["harmful_ppl"], 10.0 ** (-harm_sums / harm_tokens), rtol=1e-9)
+    np.testing.assert_allclose(got["harmful_ref_ppl"], 10.0 ** (-ref_sums / ref_tokens), rtol=1e-9)
     # harmful tweets are explained better by the harmful model: positive on average, Wikipedia negative
     labels = labelled["test"][1][:40]
-    assert (harm_lp - ref_lp)[:40][labels].mean() > 0 > (harm_lp - ref_lp)[40:].max()
+    assert score[:40][labels].mean() > 0 > score[40:].max()
+
+
+def test_a_card_calibrated_before_the_contrast_was_recorded_keeps_its_scale(models, labelled, tmp_path):
+    """A card without `contrast` was calibrated on each model's own per-token mean: it is still
+    scored that way, so its threshold keeps its meaning; an unknown contrast is refused."""
+    old = tmp_path / "harmful"
+    shutil.copytree(models["harmful"], old)
+    card = json.loads((old / "card.json").read_text())
+    assert card["thresholds"]["harmful"].pop("contrast") == harmful.CONTRAST == "harmful_tokens"
+    (old / "card.json").write_text(json.dumps(card))
+    texts = labelled["test"][0][:30]
+    stage = HarmfulFilter(HarmfulConfig(model=str(old), score="contrastive", reference=models["benign"]))
+    stage.setup()
+    means = by_hand(models["harmful"], texts)[0] - by_hand(models["benign"], texts)[0]
+    np.testing.assert_allclose(stage.score(texts)["harmful_score"], means, rtol=0, atol=1e-9)
+    assert not np.allclose(means, contrast_by_hand(models["harmful"], models["benign"], texts))
+    lm, ref = LanguageModel(old), LanguageModel(models["benign"])
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        harmful.harmfulness(lm, ref, texts, contrast="characters")
+    del lm.card["thresholds"]["harmful"]  # never calibrated: the current contrast
+    assert harmful.contrast_of(lm.card) == harmful.CONTRAST
 
 
 def test_contrastive_decision_flags_scores_above_the_threshold(models, labelled, hand_scores):

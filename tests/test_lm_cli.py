@@ -14,7 +14,7 @@ import pytest
 import sentencepiece as spm
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from curate import calibrate
+from curate import calibrate, harmful, lm
 from curate.cli import main
 from curate.documents import read_texts
 from curate.lm import LanguageModel, kenlm_tool
@@ -23,7 +23,7 @@ from pipelines.runner import prepare_models, run_job
 from pipelines.spec import load_job
 
 from .conftest import DATA, DAVIDSON
-from .harmful_support import by_hand, split_by_hand
+from .harmful_support import by_hand, contrast_by_hand, split_by_hand
 
 JIGSAW = str(DATA / "harmful" / "jigsaw_toxic_sample.jsonl.gz")
 
@@ -106,9 +106,9 @@ def test_evaluate_reports_the_card_thresholds_on_unseen_labels(capsys, models):
     card = LanguageModel(models["harmful"]).card["thresholds"]["harmful"]
     docs = list(read_texts([JIGSAW]))
     labels = np.asarray([d["harmful"] for d in docs])
-    harm_lp, harm_ppl = by_hand(models["harmful"], [d["text"] for d in docs])
-    ref_lp, _ = by_hand(models["benign"], [d["text"] for d in docs])
-    contrastive = harm_lp - ref_lp > card["contrastive"]["threshold"]
+    texts = [d["text"] for d in docs]
+    _, harm_ppl = by_hand(models["harmful"], texts)
+    contrastive = contrast_by_hand(models["harmful"], models["benign"], texts) > card["contrastive"]["threshold"]
     predictions = {
         "perplexity": harm_ppl < card["perplexity"]["threshold"],
         "contrastive": contrastive,
@@ -146,18 +146,19 @@ def test_calibrate_command_with_labels_reference_candidates_and_web(capsys, mode
     val = [d for d in read_texts([str(davidson_head)]) if split_by_hand(d["id"]) == "val"]
     labels = np.asarray([d["harmful"] for d in val])
     texts = [d["text"] for d in val]
-    score = by_hand(model, texts)[0] - by_hand(models["benign"], texts)[0]
+    score = contrast_by_hand(model, models["benign"], texts)
     f1 = f1_score(labels, score > card["contrastive"]["threshold"], average="macro")
     assert card["contrastive"]["validation"]["macro_f1"] == pytest.approx(f1, abs=1e-4)
 
     kind, t, levels = card["default"], card[card["default"]]["threshold"], card["guard"]
     pages = list(read_texts([str(web)]))
     split = np.asarray([split_by_hand(d["id"]) for d in pages])
-    harm_lp, harm_ppl = by_hand(model, [d["text"] for d in pages])
-    raw = harm_lp - by_hand(models["benign"], [d["text"] for d in pages])[0] > t
+    page_texts = [d["text"] for d in pages]
+    _, harm_ppl = by_hand(model, page_texts)
+    raw = contrast_by_hand(model, models["benign"], page_texts) > t
     raw = raw if kind == "contrastive" else harm_ppl < t
     known = raw & (harm_ppl <= levels["max_harmful_ppl"])
-    margin = harm_lp - by_hand(models["wiki"], [d["text"] for d in pages])[0]
+    margin = contrast_by_hand(model, models["wiki"], page_texts)
     guarded = known & (margin >= levels["min_margin"])
     val_pages, allowed = split == "val", int(0.05 * (split == "val").sum())
     assert levels["web"] == {"pages": int(val_pages.sum()), "share": 0.05, "floor": levels["web"]["floor"]}
@@ -247,7 +248,7 @@ def test_models_are_skipped_when_up_to_date_and_recalibrated_after_a_retrain(dav
     card = LanguageModel(dirs["harmful"]).card["thresholds"]["harmful"]
     val = [d for d in read_texts([labelled]) if split_by_hand(d["id"]) == "val"]
     texts, labels = [d["text"] for d in val], np.asarray([d["harmful"] for d in val])
-    score = by_hand(dirs["harmful"], texts)[0] - by_hand(dirs["benign"], texts)[0]  # under the new reference
+    score = contrast_by_hand(dirs["harmful"], dirs["benign"], texts)  # under the new reference
     f1 = f1_score(labels, score > card["contrastive"]["threshold"], average="macro")
     assert card["contrastive"]["validation"]["macro_f1"] == pytest.approx(f1, abs=1e-4)
     assert json.loads(first["harmful"])["thresholds"] != LanguageModel(dirs["harmful"]).card["thresholds"]
@@ -258,6 +259,12 @@ def test_models_are_skipped_when_up_to_date_and_recalibrated_after_a_retrain(dav
     assert card["training"]["config"]["vocab"] == 600
     assert card["thresholds"]["harmful"]["default"] in ("perplexity", "contrastive")
     assert (Path(dirs["harmful"]) / "lm.binary").stat().st_mtime_ns != binary
+
+    del card["thresholds"]["harmful"]["contrast"]  # calibrated before the contrast was recorded: on another scale
+    lm.write_card(Path(dirs["harmful"]), card)
+    prepare(spec)
+    assert any(line.startswith("calibrating harmful") for line in logs)
+    assert LanguageModel(dirs["harmful"]).card["thresholds"]["harmful"]["contrast"] == harmful.CONTRAST
 
 
 # ------------------------------------------------------------------ threshold options in a job
@@ -299,8 +306,8 @@ def test_job_numeric_threshold_on_the_default_contrastive_score(models, mixed_in
     assert card["default"] == "contrastive"
     params, rejected, docs = _run_harmful(tmp_path, models, mixed_input, {"model": models["harmful"], "threshold": 0.2})
     texts = [d["text"] for d in docs]
-    harm_lp, harm_ppl = by_hand(models["harmful"], texts)
-    score = harm_lp - by_hand(models["benign"], texts)[0]
+    _, harm_ppl = by_hand(models["harmful"], texts)
+    score = contrast_by_hand(models["harmful"], models["benign"], texts)
     expected = (score > 0.2) & (harm_ppl <= card["guard"]["max_harmful_ppl"])  # the card's guard is on by default
     assert (params["score"], params["threshold"], params["threshold_from"]) == ("contrastive", 0.2, "given")
     assert [rejected[d["id"]] for d in docs] == expected.tolist()

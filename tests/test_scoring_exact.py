@@ -76,11 +76,12 @@ def test_harmful_columns_equal_the_reference(texts, models):
         name: np.array([score_reference(model, t) for t in texts])
         for name, model in (("harm", harm), ("ref", ref), ("guard", LanguageModel(models["wiki"])))
     }
-    lp = {name: s[:, 0] / s[:, 1] for name, s in by_model.items()}
+    # the contrast (curate.harmful.CONTRAST): log10-probability difference over the harmful model's tokens
+    versus = {name: (by_model["harm"][:, 0] - s[:, 0]) / by_model["harm"][:, 1] for name, s in by_model.items()}
     assert scores["harmful_ppl"].tolist() == perplexity(by_model["harm"][:, 0], by_model["harm"][:, 1]).tolist()
     assert scores["harmful_ref_ppl"].tolist() == perplexity(by_model["ref"][:, 0], by_model["ref"][:, 1]).tolist()
-    assert scores["harmful_score"].tolist() == (lp["harm"] - lp["ref"]).tolist()
-    assert scores["harmful_guard_margin"].tolist() == (lp["harm"] - lp["guard"]).tolist()
+    assert scores["harmful_score"].tolist() == versus["ref"].tolist()
+    assert scores["harmful_guard_margin"].tolist() == versus["guard"].tolist()
 
 
 @pytest.fixture(scope="module")
