@@ -225,7 +225,7 @@ def test_resume_on_s3_after_the_driver_is_killed(s3, tmp_path):
     s3.upload(source, f"{bucket}/in/owt.jsonl.gz")
     job = tmp_path / "job.yaml"
     spec = {"name": "slow", "inputs": [{"path": f"{bucket}/in"}], "shard_docs": 50, "workers": 1}
-    job.write_text(json.dumps({**spec, "stages": [{"sleepy": {"seconds_per_doc": 0.05}}]}))  # 8 shards of 2.5 s
+    job.write_text(json.dumps({**spec, "stages": [{"sleepy": {"seconds_per_doc": 0.03}}]}))  # 8 shards of 1.5 s
     url = f"{bucket}/out"
 
     first = _curate("run", str(job), "--out", url, cache=tmp_path)
@@ -282,6 +282,15 @@ def test_the_store_s_errors_are_one_line_naming_the_url(s3, tmp_path, capsys):
     assert line == f"curate: error: input {bucket}/in/nothing.jsonl: no such file, folder or matching glob"
     line = _one_error(capsys, ["run", str(good), "--out", "s3://no-such-bucket/out"])
     assert line == "curate: error: s3://no-such-bucket/out: the bucket 'no-such-bucket' does not exist"
+    # a prefix that holds other objects is not deleted by --fresh; a prefix being written is refused
+    line = _one_error(capsys, ["run", str(good), "--out", f"{bucket}/in", "--fresh"])
+    assert line == f"curate: error: --fresh would delete {bucket}/in, which is not a curate output directory " + (
+        "(no work/state.json)"
+    )
+    with output_lock(f"{bucket}/busy"):
+        line = _one_error(capsys, ["run", str(good), "--out", f"{bucket}/busy"])
+    assert line.startswith(f"curate: error: {bucket}/busy is being written by process {os.getpid()} on ")
+    assert s3.keys(f"{bucket}/in") == ["broken.jsonl"] and s3.keys(f"{bucket}/busy") == []
 
     unreachable = f"http://127.0.0.1:{free_port()}"
     with aws_env({**s3.env, "AWS_ENDPOINT_URL": unreachable}):
