@@ -8,11 +8,14 @@ it takes the endpoint and credentials from the standard AWS chain (`AWS_ENDPOINT
 `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `~/.aws/config` and `~/.aws/credentials`, instance
 roles), and Ray Data takes its filesystems natively. Credentials never come from a job file.
 
-On an object store there is no rename: each object is written with one PUT of its complete bytes
-(`write_bytes`), which a reader sees whole or not at all. A set of objects is finished only when
-the run writes its manifest last (pipelines/runner.py). The one atomic step pyarrow lacks, a PUT
-that fails when the object exists (S3's `If-None-Match: *`, and `If-Match` on an ETag), is done
-with boto3 for the run lock (`create_exclusive`, `replace_if`, `remove_if`).
+On an object store there is no rename: each object is uploaded from its complete bytes in memory
+(`write_bytes`): one PUT, or past pyarrow's part size a multipart upload, which the store shows
+only once completed, so a reader sees the object whole or not at all. A failed upload is an error
+of the run; a shard cut short anyway would fail its Parquet footer and be scored again on resume.
+A set of objects is finished only when the run writes its manifest last (pipelines/runner.py).
+The one atomic step pyarrow lacks, a PUT that fails when the object exists (S3's
+`If-None-Match: *`, and `If-Match` on an ETag), is done with boto3 for the run lock
+(`create_exclusive`, `replace_if`, `remove_if`).
 
 Failures of the store (unreachable endpoint, missing bucket, access denied, a connection lost while
 reading) are `StorageError`s that name the URL: one `curate: error:` line, not a traceback.
