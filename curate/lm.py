@@ -25,6 +25,7 @@ import kenlm
 import numpy as np
 import sentencepiece as spm
 
+from curate import remote_dirs
 from curate.atomic import write_text
 from curate.documents import expand_inputs, read_texts, sha256_file
 from curate.normalize import DocumentLines, normalize, normalize_reference
@@ -74,7 +75,8 @@ class LanguageModel:
     """A loaded model directory: SentencePiece plus KenLM, scoring in CCNet's convention."""
 
     def __init__(self, model_dir: str | Path):
-        self.dir = Path(model_dir)
+        # a URL (s3://...): KenLM and SentencePiece read local files, so the cached local copy
+        self.dir = remote_dirs.fetch(model_dir, CARD)
         card_path = self.dir / CARD
         if not card_path.is_file():
             raise ModelError(f"{self.dir} is not a model directory (no {CARD}); train one with `curate kenlm train`")
@@ -88,10 +90,9 @@ class LanguageModel:
         """Per document: (sum of log10 probabilities, tokens including one </s> per line). Each
         distinct line is scored once; the sums add a document's lines in order, then its empty
         lines, in float64 as `score_reference` does, so the results are the same floats."""
-        pieces = self.encoder.encode(lines.distinct)
-        score = self.kenlm.score
-        line_scores = np.fromiter((score(" ".join(p)) for p in pieces), dtype=np.float64, count=len(pieces))
-        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        texts, counts = self.encoder.encode(lines.distinct)
+        line_scores = np.fromiter(map(self.kenlm.score, texts), dtype=np.float64, count=len(texts))
+        lengths = np.array(counts, dtype=np.int64)
         n = len(lines)
         sums = np.bincount(lines.doc, weights=line_scores[lines.line], minlength=n)
         tokens = np.bincount(lines.doc, weights=lengths[lines.line] + 1, minlength=n).astype(np.int64)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sentencepiece import sentencepiece_model_pb2
 
+from curate import pieces
 from curate.documents import read_texts
 from curate.harmful import harmfulness
 from curate.lm import LanguageModel, perplexity, score_reference
@@ -47,6 +48,12 @@ def test_normalised_lines_equal_the_reference(texts):
     assert len(lines.distinct) < len(lines.line)  # boilerplate repeats: each distinct line is scored once
 
 
+def reference(encoder: PieceEncoder, lines: list[str]) -> tuple[list[str], list[int]]:
+    """What KenLM is given for each line by the reference call: the pieces joined, and their number."""
+    pieces = encoder.sp.encode(lines, out_type=str)
+    return [" ".join(p) for p in pieces], [len(p) for p in pieces]
+
+
 def test_pieces_equal_sentencepiece(texts, models):
     lines = DocumentLines.of(texts).distinct
     for name in ("wiki", "harmful"):
@@ -55,7 +62,7 @@ def test_pieces_equal_sentencepiece(texts, models):
         fast = [line for line in lines if line.isascii() and line.isprintable()]
         unknown = [line for line in fast if encoder.unk in encoder.sp.encode(line)]
         assert len(fast) < len(lines) and unknown, "the data must hold non-ASCII lines and ASCII lines with unknowns"
-        assert encoder.encode(lines) == [encoder.sp.encode(line, out_type=str) for line in lines]
+        assert encoder.encode(lines) == reference(encoder, lines)
 
 
 def test_scores_equal_the_reference_float_for_float(texts, models):
@@ -94,7 +101,7 @@ def wiki_encoder(models) -> PieceEncoder:
 def test_pieces_of_any_line(wiki_encoder, text):
     line = normalize(text)
     if line:
-        assert wiki_encoder.encode([line]) == [wiki_encoder.sp.encode(line, out_type=str)]
+        assert wiki_encoder.encode([line]) == reference(wiki_encoder, [line])
 
 
 def test_a_normaliser_that_changes_ascii_takes_the_reference_path(models, tmp_path):
@@ -104,4 +111,108 @@ def test_a_normaliser_that_changes_ascii_takes_the_reference_path(models, tmp_pa
     (tmp_path / "sp.model").write_bytes(proto.SerializeToString())
     encoder = PieceEncoder(tmp_path / "sp.model")
     assert encoder.ascii is None
-    assert encoder.encode(["hello world"]) == [encoder.sp.encode("hello world", out_type=str)]
+    assert encoder.encode(["hello world"]) == reference(encoder, ["hello world"])
+
+
+# The word cache (curate/pieces.py, WordCache): exact word by word, or the whole-line call.
+
+
+@pytest.fixture(scope="module")
+def all_lines() -> list[str]:
+    """Every distinct normalised line of every shipped file: web pages, Wikipedia pages, all the
+    Davidson tweets, talk-page comments and the domain samples."""
+    docs = [d["text"] for folder in ("web", "wiki", "harmful", "domains") for d in read_texts([str(DATA / folder)])]
+    return DocumentLines.of(docs).distinct
+
+
+@pytest.fixture(scope="module")
+def cached(models) -> dict[str, PieceEncoder]:
+    """An encoder with the word cache per test model, shared so the cache fills as in an actor."""
+    return {name: PieceEncoder(Path(models[name]) / "sp.model", word_cache=True) for name in models}
+
+
+def test_word_cache_equals_sentencepiece_on_all_shipped_lines(all_lines, cached):
+    for name, encoder in cached.items():
+        assert encoder.words is not None, f"the word cache must be on for the {name} model"
+        for start in range(0, len(all_lines), 20_000):  # a cache carried across batches, as in an actor
+            batch = all_lines[start : start + 20_000]
+            assert encoder.encode(batch) == reference(encoder, batch), name
+        assert 0 < encoder.words.encoded < len(encoder.words.text) + 1
+
+
+def naive_differs(encoder: PieceEncoder, lines: list[str]) -> list[str]:
+    """The ASCII lines whose pieces, made word by word with the Viterbi call and joined, are not
+    the whole line's: in-context tie-breaking, what the margin check must catch."""
+    fast = [line for line in lines if line.isascii() and line.isprintable()]
+    words = list(dict.fromkeys(w for line in fast for w in line.split()))
+    alone = dict(zip(words, (" ".join(p) for p in encoder.sp.encode(words, out_type=str)), strict=True))
+    joined, _ = reference(encoder, fast)
+    return [line for line, ref in zip(fast, joined, strict=True) if " ".join(map(alone.get, line.split())) != ref]
+
+
+def test_the_margin_check_catches_what_word_by_word_gets_wrong(all_lines, cached):
+    for name, encoder in cached.items():
+        lines = naive_differs(encoder, all_lines)
+        assert lines, f"the data must hold lines that word-by-word encoding gets wrong ({name})"
+        texts, counts = [""] * len(lines), [0] * len(lines)
+        assert encoder.words.encode(lines, list(range(len(lines))), texts, counts) == list(range(len(lines)))
+        assert encoder.encode(lines) == reference(encoder, lines)
+
+
+def test_word_cache_corner_cases(cached, all_lines):
+    encoder = cached["wiki"]
+    ascii_words = sorted({w for line in all_lines if line.isascii() and line.isprintable() for w in line.split()})
+    unknown = sorted(set("".join(chr(c) for c in range(33, 127))) - encoder.known)
+    assert unknown, "the wiki test model must lack some ASCII characters"
+    lines = [
+        "0",
+        "000 0000 00000 0000000000 00.000 0,000,000 0-0-0 000000000000000000000000000000",
+        "the",
+        "a" * 300,
+        "antidisestablishmentarianism",
+        "x" + "".join(unknown) + "y " + unknown[0] * 3 + " the" + unknown[-1],
+        " ".join(ascii_words[:3000]),  # ~30k characters: the bound grows past many margins
+        " ".join(ascii_words[::7][:200]) * 3,
+        "  spaced   out  words ",
+    ]
+    assert encoder.encode(lines) == reference(encoder, lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from("0 1.,-ab"), max_size=80)
+    | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+)
+def test_word_cache_on_any_line(cached, text):
+    line = normalize(text)
+    if line:
+        assert cached["harmful"].encode([line]) == reference(cached["harmful"], [line])
+
+
+def test_a_full_word_cache_is_emptied_and_stays_exact(all_lines, models, monkeypatch):
+    monkeypatch.setattr(pieces, "WORD_CACHE_SIZE", 500)
+    encoder = PieceEncoder(Path(models["benign"]) / "sp.model", word_cache=True)
+    lines = all_lines[:3000]
+    for start in range(0, len(lines), 100):
+        batch = lines[start : start + 100]
+        assert encoder.encode(batch) == reference(encoder, batch)
+        assert len(encoder.words.limit) <= max(500, len({w for line in batch for w in line.split()}))
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["space inside a piece", "pieces across words", "bpe"],
+)
+def test_models_the_word_argument_does_not_cover_have_no_word_cache(models, tmp_path, change):
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((Path(models["wiki"]) / "sp.model").read_bytes())
+    if change == "space inside a piece":
+        proto.pieces[-1].piece = "q\u2581z"
+    elif change == "pieces across words":
+        proto.trainer_spec.split_by_whitespace = False
+    else:
+        proto.trainer_spec.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+    (tmp_path / "sp.model").write_bytes(proto.SerializeToString())
+    encoder = PieceEncoder(tmp_path / "sp.model", word_cache=True)
+    assert encoder.words is None
+    assert encoder.encode(["hello world 0000"]) == reference(encoder, ["hello world 0000"])
