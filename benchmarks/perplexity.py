@@ -38,6 +38,7 @@ import sentencepiece as spm
 from curate import lm
 from curate.langid import LangidConfig, LangidStage
 from curate.normalize import DocumentLines, normalize_reference
+from curate.pieces import PieceEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 DAVIDSON = str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")
@@ -186,10 +187,12 @@ def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies
     row("KenLM only, pre-tokenised (1 process)", kenlm_only(models, copies), 1)
 
 
-def where_time_goes(model_dir: Path) -> None:
+def where_time_goes(model_dir: Path, batch_docs: int = 256) -> None:
     """CPU seconds of each step over one copy of the sample in this process: the plain loop's steps
-    (CCNet's normaliser, SentencePiece per line, KenLM per line), then curate's
-    (`DocumentLines.of`, `PieceEncoder.encode`, KenLM per distinct line), and `score_lines` whole."""
+    (CCNet's normaliser, SentencePiece per line, KenLM per line), then curate's in batches of
+    `batch_docs` documents as a stage actor gets them (`DocumentLines.of`, `PieceEncoder.encode`,
+    KenLM per distinct line), `score_lines` whole, and the opt-in word cache of `PieceEncoder` on
+    a first copy (words unseen) and a second (words cached)."""
     texts = [
         json.loads(line)["text"]
         for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
@@ -207,32 +210,62 @@ def where_time_goes(model_dir: Path) -> None:
         model.kenlm.score(p)
     t.append(clock())
     plain = dict(zip(("normalisation", "SentencePiece", "KenLM"), np.diff(t), strict=True))
+    batches = [texts[i : i + batch_docs] for i in range(0, len(texts), batch_docs)]
     t = [clock()]
-    doc_lines = DocumentLines.of(texts)
+    doc_lines = [DocumentLines.of(batch) for batch in batches]
     t.append(clock())
-    distinct = [" ".join(p) for p in model.encoder.encode(doc_lines.distinct)]
+    encoded = [model.encoder.encode(d.distinct)[0] for d in doc_lines]
     t.append(clock())
-    for p in distinct:
-        model.kenlm.score(p)
+    for batch in encoded:
+        for p in batch:
+            model.kenlm.score(p)
     t.append(clock())
-    model.score_lines(doc_lines)
+    for d in doc_lines:
+        model.score_lines(d)
     t.append(clock())
     fast = dict(zip(("normalisation", "SentencePiece", "KenLM"), np.diff(t)[:3], strict=True))
-    counts = f"{len(lines)} lines, {len(doc_lines.distinct)} distinct non-empty"
+    distinct = sum(len(d.distinct) for d in doc_lines)
+    counts = f"{len(lines)} lines, {distinct} distinct non-empty within batches of {batch_docs} documents"
     print(f"\nwhere the time goes, one copy of the sample, 1 process ({counts}):")
     for name, steps in (("plain loop", plain), ("curate", fast)):
         total = sum(steps.values())
         shares = ", ".join(f"{k} {v:.2f}s ({v / total:.0%})" for k, v in steps.items())
         print(f"  {name}: {total:.2f}s = {shares}")
+    whole = sum(fast.values())
+    print(f"  curate's scoring code per core: {sum(plain.values()) / whole:.2f}x the plain loop")
     print(f"  curate's LanguageModel.score_lines on its own (pieces, KenLM, sums): {t[4] - t[3]:.2f}s")
+    word_cache(model_dir, [d.distinct for d in doc_lines], fast["SentencePiece"])
+
+
+def word_cache(model_dir: Path, batches: list[list[str]], without: float) -> None:
+    """The SentencePiece step with the exact word cache (`PieceEncoder(word_cache=True)`) over the
+    same batches twice: the first copy n-best encodes every word it has not seen, the second finds
+    them cached (what repeated text gets, not what a crawl gets)."""
+    encoder = PieceEncoder(model_dir / lm.SP_MODEL, word_cache=True)
+    words = sum(len(line.split()) for batch in batches for line in batch if line.isascii() and line.isprintable())
+    print("  the word cache (opt-in), SentencePiece step only, the same batches:")
+    for copy in ("first copy (words unseen)", "second copy (words cached)"):
+        before, t0 = encoder.words.encoded, time.process_time()
+        for batch in batches:
+            encoder.encode(batch)
+        seconds, new = time.process_time() - t0, encoder.words.encoded - before
+        print(
+            f"    {copy}: {seconds:.2f}s against {without:.2f}s without it ({without / seconds:.2f}x); n-best of "
+            f"{new} new words, {1 - new / words:.1%} of the {words} word occurrences of ASCII lines found cached"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=20)
     parser.add_argument("--stages", default="perplexity,harmful", help="comma-separated: perplexity, harmful")
+    parser.add_argument("--profile-only", action="store_true", help="print where the time goes and stop")
     args = parser.parse_args()
     stages = args.stages.split(",")
+    if args.profile_only:
+        with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
+            where_time_goes(train_models(Path(tmp_name), ["perplexity"])["wiki"])
+        return
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         corpus = tmp / "corpus.jsonl"
