@@ -3,8 +3,8 @@
 Both scores are oriented so that higher means more harmful:
 - `perplexity`: minus log10 perplexity under the harmful-only model (the paper: a document is
   harmful when its perplexity is *below* the threshold);
-- `contrastive`: per-token log10 probability under the harmful model minus that under a benign
-  reference model of the same genre (Moore-Lewis cross-entropy difference).
+- `contrastive`: log10 probability under the harmful model minus that under a benign reference
+  model of the same genre, per harmful-model token (Moore-Lewis; `curate.harmful.CONTRASTS`).
 
 With labels, the threshold maximises macro-F1 on the validation split over a sweep of candidate
 thresholds (the paper sweeps 100); precision, recall and F1 are then measured on the test split.
