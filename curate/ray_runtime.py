@@ -27,6 +27,7 @@ ROUTE_HANDLER = "curate_ray_log"
 # the last line of a Python traceback: "OSError: Cannot read model ..."
 ERROR_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception)\w*: ")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"
+AUTH_MODE = "RAY_AUTH_MODE"
 
 
 class RayStartError(RuntimeError):
@@ -49,16 +50,51 @@ def init_ray(address: str | None = None, verbose: bool = False, log_file: str | 
             # A local instance on loopback: on hosts whose primary address is not reachable from
             # itself, Ray's health checks otherwise declare the node dead after ~30 s.
             options.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        _auth.as_given()
         try:
             # "local": with no address Ray would join the cluster a `ray start` last left on this host
             ray.init(address=address or "local", **options)
         except Exception as e:  # Ray raises bare Exceptions (start-up timeouts) and ConnectionErrors
             where = f"at {address}" if address else "locally"
             raise RayStartError(f"Ray did not start {where}: {e}") from e
+        finally:
+            _auth.note_what_ray_set()
         if not address:
             _watch_local_ray()
     if log_file is not None:
         _route.workers()
+
+
+class _AuthMode:
+    """Each Ray start in this process sees the authentication mode the user gave (RAY_AUTH_MODE).
+
+    Ray's local start turns token authentication on for the whole process: it sets RAY_AUTH_MODE
+    in os.environ, and that outlives ray.shutdown(). A later start in the same process that joins
+    a cluster running without tokens then has the driver reject the cluster's calls (the GCS
+    asking the owner of an actor whether it still holds it), so the GCS takes the driver for dead
+    and cancels every actor it owns before it runs: Ray Data's "actor never ran". The setting Ray
+    left is undone before the next start, and Ray's settings, which it caches from the
+    environment, are read again (Ray has no public API for either)."""
+
+    def __init__(self) -> None:
+        self.set_by_ray: str | None = None  # the value Ray's last start wrote, if the user had none
+        self.before: str | None = None  # the user's value at this start
+
+    def as_given(self) -> None:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        if self.set_by_ray is not None and os.environ.get(AUTH_MODE) == self.set_by_ray:
+            del os.environ[AUTH_MODE]
+        self.set_by_ray, self.before = None, os.environ.get(AUTH_MODE)
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    def note_what_ray_set(self) -> None:
+        now = os.environ.get(AUTH_MODE)
+        self.set_by_ray = now if self.before is None and now is not None else None
+
+
+_auth = _AuthMode()
 
 
 def _watch_local_ray() -> None:
