@@ -268,8 +268,8 @@ def harmfulness(
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r} (model {lm.dir})")
     lines = DocumentLines.of(texts)
     log10_sum, tokens = lm.score_lines(lines)
-    nan = np.full(len(texts), np.nan)
-    out = {"harmful_ppl": perplexity(log10_sum, tokens), "harmful_guard_margin": nan, "harmful_ref_ppl": nan}
+    out = {"harmful_ppl": perplexity(log10_sum, tokens)}
+    out["harmful_guard_margin"], out["harmful_ref_ppl"] = np.full((2, len(texts)), np.nan)  # NaN without the model
     others = {"harmful_guard_margin": guard, "harmful_score": reference}
     for column, other in others.items():
         if other is None:
