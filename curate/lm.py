@@ -25,6 +25,7 @@ import kenlm
 import numpy as np
 import sentencepiece as spm
 
+from curate import remote_dirs
 from curate.atomic import write_text
 from curate.documents import expand_inputs, read_texts, sha256_file
 from curate.normalize import DocumentLines, normalize, normalize_reference
@@ -74,7 +75,8 @@ class LanguageModel:
     """A loaded model directory: SentencePiece plus KenLM, scoring in CCNet's convention."""
 
     def __init__(self, model_dir: str | Path):
-        self.dir = Path(model_dir)
+        # a URL (s3://...): KenLM and SentencePiece read local files, so the cached local copy
+        self.dir = remote_dirs.fetch(model_dir, CARD)
         card_path = self.dir / CARD
         if not card_path.is_file():
             raise ModelError(f"{self.dir} is not a model directory (no {CARD}); train one with `curate kenlm train`")

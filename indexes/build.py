@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from curate import remote_dirs, storage
 from curate.documents import expand_inputs, read_texts
 from curate.ray_runtime import init_ray
 from curate.tokenizer import TextTokenizer, fingerprint, load_tokenizer
@@ -40,9 +40,9 @@ def iter_documents(patterns: list[str]) -> Iterator[dict]:
 
     `metadata` mirrors infini-gram's line: the file, the row in it, and the document's fields.
     """
-    for path in expand_inputs(patterns):
-        if path.name.endswith(".parquet"):
-            parquet = pq.ParquetFile(path)
+    for path in expand_inputs(patterns):  # local paths or object-store URLs (curate/storage.py)
+        if storage.name(path).endswith(".parquet"):
+            parquet = storage.parquet_file(path)
             if "text" not in parquet.schema_arrow.names:
                 raise ValueError(f"{path}: no `text` column")
             fields = [c for c in ("id", "source", "url") if c in parquet.schema_arrow.names]
@@ -50,12 +50,13 @@ def iter_documents(patterns: list[str]) -> Iterator[dict]:
             for batch in parquet.iter_batches(columns=["text", *fields], batch_size=ENCODE_BATCH_DOCS):
                 for record in batch.to_pylist():
                     text = record.pop("text")
-                    yield {"text": text or "", "metadata": {"path": path.name, "linenum": row, "metadata": record}}
+                    meta = {"path": storage.name(path), "linenum": row, "metadata": record}
+                    yield {"text": text or "", "metadata": meta}
                     row += 1
         else:
             for row, doc in enumerate(read_texts([str(path)])):
                 text = doc.pop("text")
-                yield {"text": text, "metadata": {"path": path.name, "linenum": row, "metadata": doc}}
+                yield {"text": text, "metadata": {"path": storage.name(path), "linenum": row, "metadata": doc}}
 
 
 class ShardWriter:
@@ -209,9 +210,15 @@ def write_index(
 ) -> dict:
     """Index already tokenized documents given as (token ids, metadata) pairs. Without a
     tokenizer the index answers token-id queries only. A tokenizer.json is copied into the index;
-    a .gguf (hundreds of MB) is recorded by its absolute path."""
+    a .gguf (hundreds of MB) is recorded by its absolute path. An object-store `out_dir`
+    (`s3://...`) is built in a local folder, then uploaded with index.json last, the old one
+    removed first: a reader never sees a partial index (curate/remote_dirs.py)."""
     import ray
 
+    if storage.is_url(out_dir):
+        with remote_dirs.publishing(str(out_dir), CARD_NAME, overwrite, log) as local:
+            args = (vocab_size, eos_token_id, tokenizer, shard_tokens, True, log, sorter)
+            return write_index(documents, local, *args)
     width = token_width_for_vocab(vocab_size)
     if shard_tokens is not None and shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")

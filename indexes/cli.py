@@ -157,13 +157,20 @@ def _tokenizer_train(args) -> int:
 
 
 def _index_build(args) -> int:
+    from curate import storage
     from curate.local_model import gemma_path
     from curate.ray_runtime import init_ray, ray_log_file
     from indexes.build import build_index
 
     tokenizer = gemma_path() if args.tokenizer == GEMMA_NAME else args.tokenizer
-    # beside the index, as a run keeps OUT/logs/ray.log beside OUT/index
-    init_ray(verbose=args.verbose, log_file=ray_log_file(Path(args.out).resolve().parent))
+    # beside the index, as a run keeps OUT/logs/ray.log beside OUT/index (for an object-store
+    # --out, under the local folder named after it: curate/storage.py, local_dir)
+    if storage.is_url(args.out):
+        log_file = ray_log_file(storage.local_dir(args.out))
+        print(f"Ray's records of this build: {log_file}", file=sys.stderr)
+    else:
+        log_file = ray_log_file(Path(args.out).resolve().parent)
+    init_ray(verbose=args.verbose, log_file=log_file)
     build_index(
         args.input,
         tokenizer,
@@ -174,6 +181,17 @@ def _index_build(args) -> int:
         sorter=args.sorter,
     )
     return 0
+
+
+def _local_index(index_dir: str) -> str:
+    """An index on an object store (`s3://...`) is read from its cached local copy: its shards are
+    memory-mapped (curate/remote_dirs.py). A local path is left as it is, importing nothing."""
+    if "://" not in index_dir:
+        return index_dir
+    from curate.remote_dirs import fetch
+    from indexes.layout import CARD_NAME
+
+    return str(fetch(index_dir, CARD_NAME))
 
 
 def _index_query(args) -> int:
@@ -193,7 +211,7 @@ def _index_query(args) -> int:
     for name in ("max_support", "maxnum", "max_disp_len", "max_clause_freq", "max_diff_tokens", "s", "rank", "ptr"):
         if getattr(args, name) is not None:
             request[name] = getattr(args, name)
-    engine = Engine(args.index_dir)
+    engine = Engine(_local_index(args.index_dir))
     if "query" in request and engine.tokenizer is not None:
         vocabulary(engine)  # a text query's one-time setup, so that `latency` is the query's alone
     print(json.dumps(answer(engine, request), ensure_ascii=False))
@@ -204,7 +222,7 @@ def _index_attribute(args) -> int:
     from indexes.attribution import attribute
     from indexes.engine import Engine
 
-    result = attribute(Engine(args.index_dir), args.text, args.min_tokens, args.maxnum, args.max_disp_len)
+    result = attribute(Engine(_local_index(args.index_dir)), args.text, args.min_tokens, args.maxnum, args.max_disp_len)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
@@ -213,12 +231,12 @@ def _index_serve(args) -> int:
     if args.ray or args.address:
         from indexes.serve_ray import serve_on_ray
 
-        return serve_on_ray(args.index_dir, args.host, args.port, args.replicas, args.address)
+        return serve_on_ray(_local_index(args.index_dir), args.host, args.port, args.replicas, args.address)
     if args.replicas is not None:
         raise ValueError("--replicas needs --ray (one process serves every shard)")
     from indexes.server import IndexServer
 
-    server = IndexServer(args.index_dir, args.host, args.port)
+    server = IndexServer(_local_index(args.index_dir), args.host, args.port)
     print(
         f"serving {args.index_dir} on {server.url} (POST JSON queries; API docs at {server.url}docs; Ctrl-C stops)",
         file=sys.stderr,
@@ -238,7 +256,7 @@ def _index_contamination(args) -> int:
     from indexes.engine import Engine
 
     fractions = []
-    for row in contamination_report(Engine(args.index_dir), read_texts(args.eval_file), args.ngram):
+    for row in contamination_report(Engine(_local_index(args.index_dir)), read_texts(args.eval_file), args.ngram):
         print(json.dumps(row, ensure_ascii=False))
         if row["ngram_found_fraction"] is not None:
             fractions.append(row["ngram_found_fraction"])
@@ -257,7 +275,7 @@ def _index_dedup(args) -> int:
 
     from indexes.dedup import dedup_table
 
-    table = dedup_table(args.index_dir, args.min_tokens)
+    table = dedup_table(_local_index(args.index_dir), args.min_tokens)
     if args.out:
         pq.write_table(table, args.out, compression="zstd")
     else:
@@ -284,7 +302,7 @@ def _index_perplexity(args) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     expand_inputs(args.heldout + args.eval)  # missing files fail now, not after minutes of scoring
-    engine = Engine(args.index_dir)
+    engine = Engine(_local_index(args.index_dir))
     model = NeuralModel(args.model, args.context, args.threads)
     check_same_tokenizer(engine, model)
 

@@ -7,50 +7,59 @@ import dataclasses
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
+from curate import storage
 from curate.documents import write_parquet
+from curate.storage import Location
 from curate.tokenizer import train_tokenizer
 from indexes.build import build_index
 from indexes.dedup import dedup_documents
+from indexes.layout import TOKENIZER_NAME
 from pipelines.result import DedupChanges, RunResult, concat, without_text
 from pipelines.spec import IndexSpec
 
 DEDUP = "dedup"
 
 
-def index_outputs(spec: IndexSpec, out_dir: Path, result: RunResult, log=print) -> RunResult:
-    """Runs on the split outputs; returns the result with dedup's changes and the index's card."""
-    kept = sorted((out_dir / "kept").glob("*.parquet"))
+def index_outputs(spec: IndexSpec, out_dir: Location, result: RunResult, log=print) -> RunResult:
+    """Runs on the split outputs; returns the result with dedup's changes and the index's card.
+    With an object-store `out_dir` the tokenizer is trained and the indexes are built on the
+    driver's disk (`storage.local_dir`), then tokenizer.json and the index are uploaded."""
+    kept_dir = storage.join(out_dir, "kept")
+    kept = storage.glob("*.parquet", kept_dir)
     if not kept:
         raise ValueError("no kept documents to index")
-    tokenizer = Path(spec.tokenizer) if spec.tokenizer else out_dir / "tokenizer.json"
+    local = storage.local_dir(out_dir)  # out_dir itself when local
+    tokenizer = Path(spec.tokenizer) if spec.tokenizer else local / TOKENIZER_NAME
     if not spec.tokenizer:
         log(f"training a byte-level BPE tokenizer (vocab {spec.vocab}) on the kept documents")
-        texts = (t for f in kept for t in pq.read_table(f, columns=["text"])["text"].to_pylist())
+        texts = (t for f in kept for t in storage.read_parquet(f, columns=["text"])["text"].to_pylist())
+        local.mkdir(parents=True, exist_ok=True)
         train_tokenizer(texts, tokenizer, spec.vocab)
-    index_dir = out_dir / "index"
-    info: dict = {"dir": str(index_dir), "tokenizer": str(tokenizer)}
+        if storage.is_url(out_dir):
+            storage.write_bytes(storage.join(out_dir, TOKENIZER_NAME), tokenizer.read_bytes())
+    index_dir = storage.join(out_dir, "index")
+    shown = tokenizer if spec.tokenizer or not storage.is_url(out_dir) else storage.join(out_dir, TOKENIZER_NAME)
+    info: dict = {"dir": str(index_dir), "tokenizer": str(shown)}
     if spec.dedup_min_tokens:
         changes = dedup(kept, tokenizer, spec, out_dir, log)
         result = result.with_dedup(changes)
         info["dedup"] = changes.info
-    info["card"] = build_index(
-        [str(out_dir / "kept")], tokenizer, index_dir, spec.shard_tokens, overwrite=True, log=log
-    )
+    info["card"] = build_index([str(kept_dir)], tokenizer, index_dir, spec.shard_tokens, overwrite=True, log=log)
     return dataclasses.replace(result, index=info)
 
 
-def dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, log=print) -> DedupChanges:
+def dedup(kept: list[Location], tokenizer: Path, spec: IndexSpec, out_dir: Location, log=print) -> DedupChanges:
     """Cut repeated spans from the kept files (rewritten in place); an input document left empty
-    is rejected (stage `dedup`), a synthetic one (made by this run) is dropped."""
-    scratch = out_dir / "work" / "dedup-index"
-    build_index([str(out_dir / "kept")], tokenizer, scratch, spec.shard_tokens, overwrite=True, log=log)
+    is rejected (stage `dedup`), a synthetic one (made by this run) is dropped. The scratch index
+    stays on the driver's disk."""
+    scratch = storage.local_dir(out_dir) / "work" / "dedup-index"
+    build_index([str(storage.join(out_dir, "kept"))], tokenizer, scratch, spec.shard_tokens, overwrite=True, log=log)
     files: dict[str, dict | None] = {}
     kept_frames, rejected_frames, dropped_synthetic = [], [], []
     changed = removed = 0
     for path in kept:
-        docs = pl.from_arrow(dedup_documents(pq.read_table(path), scratch, spec.dedup_min_tokens))
+        docs = pl.from_arrow(dedup_documents(storage.read_parquet(path), scratch, spec.dedup_min_tokens))
         changed += int((docs["dedup_removed_tokens"] > 0).sum())
         removed += int(docs["dedup_removed_tokens"].sum())
         empty = docs["text"].str.strip_chars() == ""
@@ -61,14 +70,15 @@ def dedup(kept: list[Path], tokenizer: Path, spec: IndexSpec, out_dir: Path, log
         docs = docs.filter(~empty)
         kept_frames.append(without_text(docs))
         rejected_frames.append(without_text(gone))
+        name = storage.name(path)
         if len(docs):
-            files[f"kept/{path.name}"] = {"rows": len(docs), "sha256": write_parquet(docs.to_arrow(), path)}
+            files[f"kept/{name}"] = {"rows": len(docs), "sha256": write_parquet(docs.to_arrow(), path)}
         else:
-            files[f"kept/{path.name}"] = None
-            path.unlink()
+            files[f"kept/{name}"] = None
+            storage.remove(path)
         if len(gone):
-            rel = f"rejected/{DEDUP}-{path.name}"
-            files[rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), out_dir / rel)}
+            rel = f"rejected/{DEDUP}-{name}"
+            files[rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), storage.join(out_dir, rel))}
     rejected = concat(rejected_frames)
     emptied = len(rejected)
     log(f"dedup: cut {removed} repeated tokens from {changed} documents; {emptied} documents were nothing but repeats")

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate import harmful, lm, registry, storage
+from curate import harmful, lm, registry, remote_dirs, storage
 from curate.documents import (
     InputError,
     ShardSpec,
@@ -147,36 +147,46 @@ def _run_locked(job: Job, out_dir: Location, address: str | None, log, verbose: 
 
 
 def prepare_models(job: Job, log=print) -> dict[str, str]:
-    """Train the job's models (skipped when up to date) and calibrate those that ask for it."""
-    dirs = {name: str((Path(job.models_dir) / name).resolve()) for name in job.models}
+    """Train the job's models (skipped when up to date) and calibrate those that ask for it. In an
+    object-store `models_dir` each model is trained or calibrated in a local copy, then uploaded
+    with its card last (curate/remote_dirs.py): a model is uploaded before another's calibration
+    names it as its reference."""
+    dirs = {name: str(storage.join(storage.absolute(job.models_dir), name)) for name in job.models}
     retrained = set()
     for name, spec in job.models.items():
-        before = _card_text(dirs[name])
-        lm.train(spec.sources(), dirs[name], order=spec.order, vocab=spec.vocab, log=log)
-        if before != _card_text(dirs[name]):
-            retrained.add(name)
+        with remote_dirs.editing(dirs[name], lm.CARD, log) as local:
+            before = _card_text(local)
+            lm.train(spec.sources(), local, order=spec.order, vocab=spec.vocab, log=log)
+            if before != _card_text(local):
+                retrained.add(name)
     for name, spec in job.models.items():
-        calibrated = json.loads(_card_text(dirs[name]) or "{}").get("thresholds", {}).get("harmful")
-        cal = spec.calibrate
-        outdated = calibrated and calibrated.get("contrast") != harmful.CONTRAST  # thresholds on another scale
-        if cal and (retrained & {name, cal.reference, cal.guard} or not calibrated or outdated):
-            reference = _resolve(cal.reference, dirs) if cal.reference else None
-            guard = _resolve(cal.guard, dirs) if cal.guard else None
-            log(f"calibrating {name} on {cal.labeled}")
-            harmful.calibrate_model(
-                dirs[name],
-                cal.labeled,
-                cal.label_field,
-                reference,
-                log=log,
-                guard=guard,
-                web=cal.web,
-                web_flagged=cal.web_flagged,
-            )
+        with remote_dirs.editing(dirs[name], lm.CARD, log) as local:
+            _calibrate(name, spec, local, dirs, retrained, log)
     return dirs
 
 
-def _card_text(model_dir: str) -> str | None:
+def _calibrate(name: str, spec, model_dir: Path, dirs: dict[str, str], retrained: set[str], log) -> None:
+    """Calibrate a model of the job when it asks for it and its card is not up to date."""
+    calibrated = json.loads(_card_text(model_dir) or "{}").get("thresholds", {}).get("harmful")
+    cal = spec.calibrate
+    outdated = calibrated and calibrated.get("contrast") != harmful.CONTRAST  # thresholds on another scale
+    if cal and (retrained & {name, cal.reference, cal.guard} or not calibrated or outdated):
+        reference = _resolve(cal.reference, dirs) if cal.reference else None
+        guard = _resolve(cal.guard, dirs) if cal.guard else None
+        log(f"calibrating {name} on {cal.labeled}")
+        harmful.calibrate_model(
+            model_dir,
+            cal.labeled,
+            cal.label_field,
+            reference,
+            log=log,
+            guard=guard,
+            web=cal.web,
+            web_flagged=cal.web_flagged,
+        )
+
+
+def _card_text(model_dir: str | Path) -> str | None:
     path = Path(model_dir) / lm.CARD
     return path.read_text() if path.is_file() else None
 
@@ -184,8 +194,9 @@ def _card_text(model_dir: str) -> str | None:
 def _resolve(name_or_path: str, model_dirs: dict[str, str]) -> str:
     if name_or_path in model_dirs:
         return model_dirs[name_or_path]
-    if (Path(name_or_path) / lm.CARD).is_file():
-        return str(Path(name_or_path).resolve())
+    location = storage.absolute(name_or_path)
+    if storage.is_file(storage.join(location, lm.CARD)):
+        return str(location)
     raise SpecError(
         f"model {name_or_path!r} is neither a name under `models` ({', '.join(model_dirs) or 'none'}) "
         "nor a model directory"

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from curate import calibrate
+from curate import calibrate, storage
 from curate.harmful import familiar, harmfulness
 from curate.lm import CARD, LanguageModel, perplexity
 from curate.perplexity.config import ANY_LANGUAGE, HarmfulConfig, PerLanguage, PerplexityConfig
@@ -154,7 +153,8 @@ class HarmfulModel:
 
     @classmethod
     def of(cls, model: str, config: HarmfulConfig) -> HarmfulModel:
-        card = json.loads((Path(model) / CARD).read_text()).get("thresholds", {}).get("harmful", {})
+        card = json.loads(storage.read_text(storage.join(storage.as_location(model), CARD)))
+        card = card.get("thresholds", {}).get("harmful", {})
         kind = config.score or card.get("default", "perplexity")
         if kind not in calibrate.SCORES:
             raise ValueError(f"harmful score must be one of {calibrate.SCORES}, got {kind!r}")
