@@ -161,12 +161,13 @@ def build_index(
     overwrite: bool = False,
     log=print,
     sorter: str = "auto",
+    on_this_node: bool = False,
 ) -> dict:
     """Index documents (Parquet shards such as a run's `kept/*.parquet`, or JSON Lines) and return
     the index card. `tokenizer_path`: a tokenizer.json, or a .gguf model whose vocabulary gives
     the ids (so a neural model can be scored against the index). Shards are suffix-sorted in
     parallel as Ray tasks with `sorter` (see indexes/suffix_array.py); `shard_tokens` None: one
-    shard per CPU (see the module's docstring)."""
+    shard per CPU (see the module's docstring); `on_this_node`: see `write_index`."""
     tokenizer = load_tokenizer(tokenizer_path)
     documents = _encode(iter_documents(inputs), tokenizer)
     return write_index(
@@ -179,6 +180,7 @@ def build_index(
         overwrite,
         log,
         sorter,
+        on_this_node,
     )
 
 
@@ -207,17 +209,20 @@ def write_index(
     overwrite: bool = False,
     log=print,
     sorter: str = "auto",
+    on_this_node: bool = False,
 ) -> dict:
     """Index already tokenized documents given as (token ids, metadata) pairs. Without a
     tokenizer the index answers token-id queries only. A tokenizer.json is copied into the index;
     a .gguf (hundreds of MB) is recorded by its absolute path. An object-store `out_dir`
     (`s3://...`) is built in a local folder, then uploaded with index.json last, the old one
-    removed first: a reader never sees a partial index (curate/remote_dirs.py)."""
+    removed first: a reader never sees a partial index (curate/remote_dirs.py). Its sort tasks then
+    run on this node (`on_this_node`), where the local folder is, even on a cluster of several."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if storage.is_url(out_dir):
         with remote_dirs.publishing(str(out_dir), CARD_NAME, overwrite, log) as local:
-            args = (vocab_size, eos_token_id, tokenizer, shard_tokens, True, log, sorter)
+            args = (vocab_size, eos_token_id, tokenizer, shard_tokens, True, log, sorter, True)
             return write_index(documents, local, *args)
     width = token_width_for_vocab(vocab_size)
     if shard_tokens is not None and shard_tokens < 1:
@@ -233,6 +238,9 @@ def write_index(
     init_ray()  # joins the command's Ray, or starts one
     cores = int(ray.cluster_resources().get("CPU", 1))
     sort_task = ray.remote(num_cpus=1)(build_suffix_array)
+    if on_this_node:
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        sort_task = sort_task.options(scheduling_strategy=here)
     t0 = time.perf_counter()
     pending, writers = [], []
 

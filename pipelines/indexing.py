@@ -52,9 +52,10 @@ def index_outputs(spec: IndexSpec, out_dir: Location, result: RunResult, log=pri
 def dedup(kept: list[Location], tokenizer: Path, spec: IndexSpec, out_dir: Location, log=print) -> DedupChanges:
     """Cut repeated spans from the kept files (rewritten in place); an input document left empty
     is rejected (stage `dedup`), a synthetic one (made by this run) is dropped. The scratch index
-    stays on the driver's disk."""
+    stays on the driver's disk (so, with an object-store `out_dir`, its sort tasks run on this node)."""
     scratch = storage.local_dir(out_dir) / "work" / "dedup-index"
-    build_index([str(storage.join(out_dir, "kept"))], tokenizer, scratch, spec.shard_tokens, overwrite=True, log=log)
+    kept_dir = [str(storage.join(out_dir, "kept"))]
+    build_index(kept_dir, tokenizer, scratch, spec.shard_tokens, True, log, on_this_node=storage.is_url(out_dir))
     files: dict[str, dict | None] = {}
     kept_frames, rejected_frames, dropped_synthetic = [], [], []
     changed = removed = 0

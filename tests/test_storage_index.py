@@ -211,11 +211,15 @@ def test_a_job_trains_into_an_s3_models_dir_and_reuses_what_it_uploaded(s3, tmp_
 
 def test_a_jobs_index_step_writes_to_an_s3_out(s3, corpus, tmp_path):
     bucket = s3.bucket("runs")
-    job = {"name": "ix", "inputs": [{"path": str(corpus / "in")}], "stages": [], "index": {"vocab": 1000}}
+    index = {"vocab": 1000, "dedup_min_tokens": 20}
+    job = {"name": "ix", "inputs": [{"path": str(corpus / "in")}], "stages": [], "index": index}
     (tmp_path / "job.yaml").write_text(json.dumps(job))
     manifest = run_job(load_job(tmp_path / "job.yaml"), out=f"{bucket}/run", log=lambda *a: None)
     keys = s3.keys(f"{bucket}/run")
     assert "manifest.json" in keys and "tokenizer.json" in keys and f"index/{CARD_NAME}" in keys
     card = json.loads(s3.get(f"{bucket}/run/index/{CARD_NAME}"))
     assert card["documents"] == manifest["kept"] > 0
-    assert manifest["index"]["dir"] == f"{bucket}/run/index"
+    assert manifest["index"]["dir"] == f"{bucket}/run/index" and manifest["index"]["dedup"]["min_tokens"] == 20
+    # dedup's scratch index stays on the driver's disk
+    assert (storage.local_dir(f"{bucket}/run") / "work" / "dedup-index" / CARD_NAME).is_file()
+    assert not [k for k in keys if "dedup-index" in k]
