@@ -80,8 +80,11 @@ def fetch(location: str | Path, card: str, log=_stderr) -> Path:
             _copy(storage.join(location, rel), partial / rel)
         if versions(location) != listing:
             raise StorageError(f"{location}: changed while it was being fetched; try again")
-        with contextlib.suppress(OSError):  # another process on this machine has just put it there
+        try:
             os.rename(partial, target)
+        except OSError:
+            if not target.is_dir():  # else another process on this machine has just put it there
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     log(f"{location}: fetched {len(listing)} files to {target}")
