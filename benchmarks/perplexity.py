@@ -10,7 +10,9 @@ MB/s of:
 - `curate run` with 1 worker and with one worker per core (Ray start-up included);
 - KenLM alone on pre-tokenised lines (the limit: what is left with normalisation and SentencePiece
   free), in one process;
-per core and as ratios to the plain loop. It fails when curate's scores differ from the plain
+per core and as ratios to the plain loop; under each curate row, the run's CPU seconds by process
+(the driver, Ray's workers by what they ran: `ReadShard`, `MapWorker`, Ray Data's own actors, and
+Ray's daemons), sampled with psutil every half second. It fails when curate's scores differ from the plain
 loop's beyond float tolerance (the loop adds every line in order, curate the empty lines last),
 or when a document is missing. The langid stage's own speed on the same corpus is printed last.
 
@@ -21,6 +23,7 @@ repeated `--copies` times with fresh ids.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -33,6 +36,7 @@ from pathlib import Path
 import kenlm
 import numpy as np
 import polars as pl
+import psutil
 import sentencepiece as spm
 
 from curate import lm
@@ -108,23 +112,74 @@ def kenlm_only(model_dirs: list[Path], copies: int) -> float:
     return total
 
 
-def curate_run(tmp: Path, corpus: Path, stage: dict, workers: int | None, tag: str) -> tuple[float, pl.DataFrame]:
-    """`curate run` of one stage over the corpus in a fresh process; (seconds, every output row)."""
+def curate_run(
+    tmp: Path, corpus: Path, stage: dict, workers: int | None, tag: str
+) -> tuple[float, pl.DataFrame, dict[str, list[float]]]:
+    """`curate run` of one stage over the corpus in a fresh process; (seconds, every output row,
+    CPU seconds by process as `process_cpu` gives them)."""
     out = tmp / f"out-{tag}"
     job = tmp / f"job-{tag}.yaml"
     spec = {"name": "bench", "inputs": [{"path": str(corpus)}], "shard_docs": 2000, "batch_docs": 256}
     spec |= {"max_doc_bytes": 10_000_000, "stages": [stage]} | ({"workers": workers} if workers else {})
     job.write_text(json.dumps(spec))
+    log = tmp / f"log-{tag}.txt"
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(out)], capture_output=True, text=True
-    )
+    with open(log, "w") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(out)], stdout=output, stderr=output
+        )
+        cpu = process_cpu(proc)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
+        sys.exit(log.read_text()[-6000:])
     parts = [pl.read_parquet(p) for part in ("kept", "rejected") for p in sorted((out / part).glob("*.parquet"))]
     rows = pl.concat(parts, how="diagonal")  # rejected rows have reject_stage and reject_reason too
-    return seconds, rows
+    return seconds, rows, cpu
+
+
+def process_cpu(proc: subprocess.Popen, interval: float = 0.5) -> dict[str, list[float]]:
+    """CPU seconds (user + system) of every process of a run until it ends, by role: the driver,
+    Ray's worker processes by what they ran (`ReadShard`, `MapWorker`, Ray Data's own actors),
+    Ray's daemons. Sampled every `interval` s, so a process that ends loses its last interval."""
+    root = psutil.Process(proc.pid)
+    seen: dict[int, tuple[str, float]] = {}
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    cpu = sum(p.cpu_times()[:2])
+                    role = "driver" if p.pid == proc.pid else _role(p.cmdline())
+                    # a worker's title changes as it works (ray::IDLE, then a task or an actor): keep the last
+                    if role != "IDLE" or p.pid not in seen:
+                        seen[p.pid] = (role, cpu)
+                    else:
+                        seen[p.pid] = (seen[p.pid][0], cpu)
+        time.sleep(interval)
+    roles: dict[str, list[float]] = {}
+    for role, cpu in seen.values():
+        roles.setdefault(role, []).append(cpu)
+    return roles
+
+
+def _role(cmdline: list[str]) -> str:
+    """A process of a Ray run by its command line: a worker's `ray::Name` title, else the daemon."""
+    line = " ".join(cmdline)
+    if line.startswith("ray::"):  # e.g. ray::MapWorker(StageActor).__call__, ray::AutoscalingCoordinator:...
+        return line.split()[0].removeprefix("ray::").split("(")[0].split(".")[0].split(":")[0]
+    for daemon in ("gcs_server", "raylet", "dashboard.py", "log_monitor", "monitor.py", "ray_watchdog"):
+        if daemon in line:
+            return daemon
+    return Path(cmdline[0]).name if cmdline else "?"
+
+
+def print_cpu(roles: dict[str, list[float]]) -> None:
+    """One line under a curate row: where its CPU seconds went, by process."""
+    parts = [
+        f"{role} {sum(cpus):.1f}" + (f" (x{len(cpus)})" if len(cpus) > 1 else "")
+        for role, cpus in sorted(roles.items(), key=lambda item: -sum(item[1]))
+    ]
+    print(f"    {sum(map(sum, roles.values())):.1f} CPU s by process: {', '.join(parts)}")
+    sys.stdout.flush()
 
 
 def check_scores(name: str, baseline: dict[str, np.ndarray], rows: pl.DataFrame, column: str, value) -> None:
@@ -181,9 +236,10 @@ def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies
     baseline = ccnet_loop(corpus, models)
     row("plain CCNet loop (1 process)", time.perf_counter() - t0, 1)
     for workers, label in ((1, "curate run, 1 worker"), (None, f"curate run, {cores} workers")):
-        seconds, out = curate_run(tmp, corpus, stage, workers, f"{name}-{workers}")
+        seconds, out, cpu = curate_run(tmp, corpus, stage, workers, f"{name}-{workers}")
         check_scores(f"{name} ({label})", baseline, out, column, value)
         row(label + " (Ray start-up incl.)", seconds, workers or cores)
+        print_cpu(cpu)
     row("KenLM only, pre-tokenised (1 process)", kenlm_only(models, copies), 1)
 
 
