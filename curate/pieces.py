@@ -9,22 +9,26 @@ unknown piece has no table entry: SentencePiece gives its surface, the run of ch
 knows, which is cut from the line here the same way. Other lines, and models this cannot vouch
 for, take the reference call.
 
-Printable-ASCII lines are first tried word by word (`WordCache`). Why that is exact: in a unigram
-model whose pieces hold the whitespace mark only first (split_by_whitespace), no piece crosses a
-word boundary, so every segmentation of "▁w1▁w2..." is a concatenation of segmentations of each
+With `word_cache=True`, printable-ASCII lines are first tried word by word (`WordCache`). Why that
+is exact: in a unigram model whose pieces hold the whitespace mark only first (split_by_whitespace),
+no piece crosses a word boundary (nor does an unknown character's one-character node), so every
+segmentation of "▁w1▁w2..." is a concatenation of segmentations of each
 "▁wk", and all paths pass through each word's start. SentencePiece's Viterbi adds float32 piece
 scores along each path; from a word's start value S (shared by all paths through the word), a
 path through the word's c = len(w) + 1 characters takes at most c additions, each rounded by at
-most u*M (u = 2**-24, M = (len(line) + 1) * the largest |piece score| bounds every partial sum).
+most u*M (u = 2**-24, M = (len(line) + 1) * the largest |score|, an unknown's included, bounds
+every partial sum).
 So if the word's best segmentation beats its second best by more than 2*c*u*M (exactly, in real
 numbers), the line's Viterbi keeps it whatever S is: at every node of the word the best path's
 prefix beats any other prefix, whose completion is another path. The best and second best come
 from SentencePiece's own n-best (A* in float32), whose two results are summed again here in
 float64; allowing another 4*c*u*M for the n-best's own rounding, a word is trusted in a line when
 (best - second) / c > 8*u*M. A line whose words are all trusted is the concatenation of their
-cached pieces; any other line (a near-tie such as a digit run, an unknown character, a line so
-long that the bound grows past a margin) takes the whole-line call. The cache holds words only,
-never lines, for the encoder's lifetime, and is emptied when it reaches `WORD_CACHE_SIZE`.
+cached pieces; any other line (a tie such as a digit run's, a line so long that the bound grows
+past a margin) takes the whole-line call. The cache holds words only, never lines, for the
+encoder's lifetime, and is emptied when it reaches `WORD_CACHE_SIZE`. It is off by default: an
+n-best costs about 25 times the whole-line Viterbi's share of a word, so it pays back only on text
+whose words were nearly all seen before (README, "Benchmarks").
 """
 
 from __future__ import annotations
