@@ -2,9 +2,11 @@
 (moto's, on 127.0.0.1; tests/s3_support.py): an index built from inputs in the bucket into the
 bucket equals the local build file for file and answers the same queries; a model directory in the
 bucket scores as the local one, is fetched once per version and fetched again when it changes; a
-job trains into an `s3://` models_dir and reuses the uploaded model; a job's index step writes
-to an `s3://` --out; the store's errors are one `curate: error:` line."""
+job trains into an `s3://` models_dir and reuses the uploaded model, a calibrated one naming its
+reference model by URL; a job's index step writes to an `s3://` --out; the store's errors are one
+`curate: error:` line."""
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +26,7 @@ from pipelines.runner import _resolve, prepare_models, run_job
 from pipelines.spec import load_job
 
 from . import s3_support
-from .conftest import DATA
+from .conftest import DATA, DAVIDSON
 from .s3_support import aws_env, free_port
 
 SAMPLE = DATA / "samples" / "openwebtext_short12.jsonl"
@@ -223,3 +225,33 @@ def test_a_jobs_index_step_writes_to_an_s3_out(s3, corpus, tmp_path):
     # dedup's scratch index stays on the driver's disk
     assert (storage.local_dir(f"{bucket}/run") / "work" / "dedup-index" / CARD_NAME).is_file()
     assert not [k for k in keys if "dedup-index" in k]
+
+
+def test_calibrated_models_in_an_s3_models_dir_name_their_reference_by_url(s3, tmp_path):
+    labelled = tmp_path / "davidson_head.jsonl"
+    with gzip.open(DAVIDSON, "rt", encoding="utf-8") as f:
+        labelled.write_text("".join(next(f) for _ in range(2000)))
+    part = {"path": str(labelled), "split": "train"}
+    models = {
+        "harmful": {
+            "input": [{**part, "where": {"harmful": True}}], "order": 3, "vocab": 400,
+            "calibrate": {"labeled": [str(labelled)], "reference": "benign"},
+        },
+        "benign": {"input": [{**part, "where": {"harmful": False}}], "order": 3, "vocab": 300},
+    }  # fmt: skip
+    root = s3.bucket("calibrated") + "/kenlm"
+    job = {"name": "c", "inputs": [{"path": str(labelled)}], "models_dir": root, "models": models}
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    lines: list[str] = []
+    dirs = prepare_models(load_job(tmp_path / "job.yaml"), lines.append)
+    assert any(line.startswith("calibrating harmful") for line in lines)
+    for name in models:
+        assert s3.keys(dirs[name]) == sorted([lm.CARD, lm.SP_MODEL, lm.KENLM_BINARY])
+    card = json.loads(s3.get(f"{root}/harmful/{lm.CARD}"))
+    assert card["thresholds"]["harmful"]["contrastive"]["reference"] == f"{root}/benign"
+    assert lm.LanguageModel(card["thresholds"]["harmful"]["contrastive"]["reference"]).card["order"] == 3
+    before = {name: remote_dirs.versions(d) for name, d in dirs.items()}
+    lines.clear()
+    prepare_models(load_job(tmp_path / "job.yaml"), lines.append)  # up to date: nothing trained, calibrated, uploaded
+    assert not any(line.startswith(("calibrating", "uploaded", "training")) for line in lines)
+    assert {name: remote_dirs.versions(d) for name, d in dirs.items()} == before
