@@ -42,7 +42,6 @@ import sentencepiece as spm
 from curate import lm
 from curate.langid import LangidConfig, LangidStage
 from curate.normalize import DocumentLines, normalize_reference
-from curate.pieces import PieceEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 DAVIDSON = str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")
@@ -247,8 +246,7 @@ def where_time_goes(model_dir: Path, batch_docs: int = 256) -> None:
     """CPU seconds of each step over one copy of the sample in this process: the plain loop's steps
     (CCNet's normaliser, SentencePiece per line, KenLM per line), then curate's in batches of
     `batch_docs` documents as a stage actor gets them (`DocumentLines.of`, `PieceEncoder.encode`,
-    KenLM per distinct line), `score_lines` whole, and the opt-in word cache of `PieceEncoder` on
-    a first copy (words unseen) and a second (words cached)."""
+    KenLM per distinct line), and `score_lines` whole."""
     texts = [
         json.loads(line)["text"]
         for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
@@ -290,25 +288,6 @@ def where_time_goes(model_dir: Path, batch_docs: int = 256) -> None:
     whole = sum(fast.values())
     print(f"  curate's scoring code per core: {sum(plain.values()) / whole:.2f}x the plain loop")
     print(f"  curate's LanguageModel.score_lines on its own (pieces, KenLM, sums): {t[4] - t[3]:.2f}s")
-    word_cache(model_dir, [d.distinct for d in doc_lines], fast["SentencePiece"])
-
-
-def word_cache(model_dir: Path, batches: list[list[str]], without: float) -> None:
-    """The SentencePiece step with the exact word cache (`PieceEncoder(word_cache=True)`) over the
-    same batches twice: the first copy n-best encodes every word it has not seen, the second finds
-    them cached (what repeated text gets, not what a crawl gets)."""
-    encoder = PieceEncoder(model_dir / lm.SP_MODEL, word_cache=True)
-    words = sum(len(line.split()) for batch in batches for line in batch if line.isascii() and line.isprintable())
-    print("  the word cache (opt-in), SentencePiece step only, the same batches:")
-    for copy in ("first copy (words unseen)", "second copy (words cached)"):
-        before, t0 = encoder.words.encoded, time.process_time()
-        for batch in batches:
-            encoder.encode(batch)
-        seconds, new = time.process_time() - t0, encoder.words.encoded - before
-        print(
-            f"    {copy}: {seconds:.2f}s against {without:.2f}s without it ({without / seconds:.2f}x); n-best of "
-            f"{new} new words, {1 - new / words:.1%} of the {words} word occurrences of ASCII lines found cached"
-        )
 
 
 def main() -> None:
