@@ -15,7 +15,6 @@ more quarantined record that names the file and the line (or row) where reading 
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import zlib
@@ -154,28 +153,13 @@ def plan_shards(files: list[tuple[Location, str | None]], shard_docs: int) -> li
 
 def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     """Read and validate one shard into ROW_SCHEMA rows."""
-    return next(read_shards([spec], max_doc_bytes))
-
-
-def read_shards(specs: list[ShardSpec], max_doc_bytes: int) -> Iterator[pa.Table]:
-    """Read and validate shards of one file (in the order of their records, gaps allowed) in one
-    pass over the file, a table per shard: reaching a shard of a JSON Lines file means reading
-    every line before it (decompressing them, for gzip), so reading shards one by one would read
-    a file of k shards k/2 times over."""
-    path = storage.as_location(specs[0].path)
-    records = _records(path, specs[0].start, specs[-1].stop)
-    at = specs[0].start
-    for spec in specs:
-        if spec.path != specs[0].path or spec.start < at:
-            raise ValueError(f"read_shards: shard {spec.shard} is not a later slice of {specs[0].path}")
-        fallback_source = spec.source or default_source(path)
-        skip = spec.start - at
-        rows = [
-            _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
-            for position, record in itertools.islice(records, skip, skip + spec.stop - spec.start)
-        ]
-        at = spec.stop
-        yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    path = storage.as_location(spec.path)
+    fallback_source = spec.source or default_source(path)
+    rows = [
+        _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
+        for position, record in _records(path, spec.start, spec.stop)
+    ]
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
 def _records(path: Location, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Unreadable]]:

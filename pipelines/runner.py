@@ -2,10 +2,9 @@
 
 1. Models named in the job are trained (and calibrated) unless already up to date.
 2. Inputs are cut into shards (slices of files). Pending shards flow through Ray Data: a read
-   task per file validates records (a block per shard), then one actor pool per stage adds its
-   score columns (models load once per actor). The driver gathers each shard's rows and writes
-   `work/shard-N.parquet` atomically, stamped with its input: a rerun reuses a finished shard
-   unless its input changed.
+   task validates records, then one actor pool per stage adds its score columns (models load
+   once per actor). The driver gathers each shard's rows and writes `work/shard-N.parquet`
+   atomically, stamped with its input: a rerun reuses a finished shard unless its input changed.
    The run holds a lock on the output directory (`curate.lock`), and a set of outputs is finished
    once manifest.json, removed before the split and written last, is there again.
 3. Filters need run-wide numbers (CCNet percentiles), so each stage fits its thresholds on the
@@ -25,7 +24,6 @@ import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ from curate.documents import (
     expand_inputs,
     is_unreadable,
     plan_shards,
-    read_shards,
+    read_shard,
     sha256_file,
     write_parquet,
 )
@@ -285,29 +283,20 @@ def _pending(shards: list[ShardSpec], stamps: dict[int, dict], work: Location, l
 # ---------------------------------------------------------------- phase 1: read and score on Ray
 
 
-def _by_file(pending: list[ShardSpec]) -> list[list[ShardSpec]]:
-    """The pending shards grouped by input file, each group in record order: one read task each."""
-    groups: dict[str, list[ShardSpec]] = defaultdict(list)
-    for spec in pending:
-        groups[spec.path].append(spec)
-    return [sorted(group, key=lambda s: s.start) for group in groups.values()]
-
-
 def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
-    """A Ray Data source with one read task per input file that yields a block per shard, reading
-    the file once (`read_shards`); the shards' blocks spread over the stage workers as they come."""
+    """A Ray Data source with one read task per shard, so shards spread over the workers: a
+    task's blocks are merged up to Ray Data's target block size, so a read task per file would
+    put a file's small shards into one block, for one stage actor."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    def read(specs: list[ShardSpec]) -> Iterator[pa.Table]:
+    def read(spec: ShardSpec) -> list[pa.Table]:
         t0 = time.perf_counter()
-        for spec, table in zip(specs, read_shards(specs, max_doc_bytes)):
-            n = len(table)
-            table = table.append_column("_shard", pa.array([spec.shard] * n, pa.int64()))
-            table = table.append_column("_shard_rows", pa.array([n] * n, pa.int64()))
-            seconds = pa.array(np.full(n, (time.perf_counter() - t0) / max(n, 1)))
-            yield table.append_column("_seconds_read", seconds)
-            t0 = time.perf_counter()  # not counting the time the block waited to be taken
+        table = read_shard(spec, max_doc_bytes)
+        n = len(table)
+        table = table.append_column("_shard", pa.array([spec.shard] * n, pa.int64()))
+        table = table.append_column("_shard_rows", pa.array([n] * n, pa.int64()))
+        return [table.append_column("_seconds_read", pa.array(np.full(n, (time.perf_counter() - t0) / n)))]
 
     class ShardDatasource(Datasource):
         def estimate_inmemory_data_size(self) -> int | None:
@@ -316,15 +305,12 @@ def _shard_datasource(pending: list[ShardSpec], max_doc_bytes: int):
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
             return [
                 ReadTask(
-                    lambda specs=specs: read(specs),
+                    lambda spec=spec: read(spec),
                     BlockMetadata(
-                        num_rows=sum(s.stop - s.start for s in specs),
-                        size_bytes=None,
-                        exec_stats=None,
-                        input_files=(specs[0].path,),
+                        num_rows=spec.stop - spec.start, size_bytes=None, exec_stats=None, input_files=(spec.path,)
                     ),
                 )
-                for specs in _by_file(pending)
+                for spec in pending
             ]
 
     return ShardDatasource()
@@ -351,7 +337,7 @@ def score_shards(
     # (Ray and pyarrow imported: 1.5-2 CPU s each) on the cores the stages use
     ds = ray.data.read_datasource(
         _shard_datasource(pending, job.max_doc_bytes),
-        override_num_blocks=len(_by_file(pending)),  # as many as the read tasks: Ray Data would cut more
+        override_num_blocks=len(pending),
         num_cpus=share,
         concurrency=-(-workers // STAGE_WORKERS_PER_READ),
     )
