@@ -43,7 +43,7 @@ def versions(location: Location) -> dict[str, str]:
     """Every file under a directory or prefix, by path relative to it, with its size and
     modification time (which change when an object is written again)."""
     filesystem, path = storage.resolve(location)
-    with storage._store_errors(location):
+    with storage.store_errors(location):
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return {
         info.path[len(path) + 1 :]: f"{info.size}:{info.mtime_ns}" for info in infos if info.type == pafs.FileType.File
@@ -176,5 +176,5 @@ def _copy(source: Location, target: Location) -> None:
     """One file, streamed (models and index shards may not fit in memory)."""
     source_fs, source_path = storage.resolve(source)
     target_fs, target_path = storage.resolve(target)
-    with storage._store_errors(source if storage.is_url(source) else target):
+    with storage.store_errors(source if storage.is_url(source) else target):
         pafs.copy_files(source_path, target_path, source_fs, target_fs)

@@ -136,7 +136,7 @@ def _endpoint(default: str | None = "the default endpoint") -> str | None:
 
 
 @contextlib.contextmanager
-def _store_errors(location: Location) -> Iterator[None]:
+def store_errors(location: Location) -> Iterator[None]:
     """Turn an object store's OSError into a StorageError that names the URL; local errors pass."""
     try:
         yield
@@ -150,7 +150,7 @@ def _store_errors(location: Location) -> Iterator[None]:
 
 def _info(location: Location) -> pafs.FileInfo:
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         return filesystem.get_file_info(path)
 
 
@@ -161,7 +161,7 @@ def check_bucket(location: Location) -> None:
         return
     filesystem, path = resolve(location)
     bucket = path.split("/", 1)[0]
-    with _store_errors(location):
+    with store_errors(location):
         found = filesystem.get_file_info(bucket).type
     if found == pafs.FileType.NotFound:
         raise StorageError(f"{location}: the bucket {bucket!r} does not exist")
@@ -194,7 +194,7 @@ def children(location: Location) -> list[Location]:
     if not is_url(location):
         return sorted(Path(location).iterdir()) if Path(location).is_dir() else []
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(join(location, info.base_name) for info in infos)
 
@@ -204,7 +204,7 @@ def list_files(location: Location) -> list[Location]:
     if not is_url(location):
         return sorted(p for p in Path(location).rglob("*") if p.is_file())
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(join(location, info.path[len(path) + 1 :]) for info in infos if info.type == pafs.FileType.File)
 
@@ -235,7 +235,7 @@ def open_input(location: Location) -> IO[bytes]:
     if not is_url(location):
         return gzip.open(location, "rb") if name(location).endswith(".gz") else open(location, "rb")
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         stream = filesystem.open_input_stream(path, compression=None)
     raw = io.BufferedReader(_RemoteReader(stream, str(location)), READ_BLOCK)
     return gzip.GzipFile(fileobj=raw, mode="rb") if name(location).endswith(".gz") else raw
@@ -251,7 +251,7 @@ class _RemoteReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        with _store_errors(self._url):
+        with store_errors(self._url):
             data = self._stream.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -265,7 +265,7 @@ def read_bytes(location: Location) -> bytes:
     if not is_url(location):
         return Path(location).read_bytes()
     filesystem, path = resolve(location)
-    with _store_errors(location), filesystem.open_input_stream(path, compression=None) as f:
+    with store_errors(location), filesystem.open_input_stream(path, compression=None) as f:
         return f.read()
 
 
@@ -282,7 +282,7 @@ def sha256(location: Location) -> str:
                 h.update(block)
         return h.hexdigest()
     filesystem, path = resolve(location)
-    with _store_errors(location), filesystem.open_input_stream(path, compression=None) as f:
+    with store_errors(location), filesystem.open_input_stream(path, compression=None) as f:
         while block := f.read(READ_BLOCK):
             h.update(block)
     return h.hexdigest()
@@ -293,7 +293,7 @@ def parquet_file(location: Location) -> pq.ParquetFile:
     if not is_url(location):
         return pq.ParquetFile(location)
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         return pq.ParquetFile(filesystem.open_input_file(path))
 
 
@@ -301,7 +301,7 @@ def read_parquet(location: Location, columns: list[str] | None = None) -> pa.Tab
     if not is_url(location):
         return pq.read_table(location, columns=columns)
     filesystem, path = resolve(location)
-    with _store_errors(location):
+    with store_errors(location):
         return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
@@ -331,7 +331,7 @@ def write_bytes(location: Location, data: bytes | pa.Buffer) -> str:
             tmp.write_bytes(memoryview(data))
         return digest
     filesystem, path = resolve(location)
-    with _store_errors(location), filesystem.open_output_stream(path, compression=None) as f:
+    with store_errors(location), filesystem.open_output_stream(path, compression=None) as f:
         f.write(data)
     return digest
 
@@ -353,7 +353,7 @@ def remove(location: Location) -> None:
         Path(location).unlink(missing_ok=True)
         return
     filesystem, path = resolve(location)
-    with contextlib.suppress(FileNotFoundError), _store_errors(location):
+    with contextlib.suppress(FileNotFoundError), store_errors(location):
         filesystem.delete_file(path)
 
 
@@ -368,7 +368,7 @@ def remove_tree(location: Location) -> None:
         return
     filesystem, path = resolve(location)
     kind = _info(location).type
-    with _store_errors(location):
+    with store_errors(location):
         if kind == pafs.FileType.Directory:
             filesystem.delete_dir(path)  # the objects under the prefix, and pyarrow's marker of it
         elif kind == pafs.FileType.File:
@@ -382,7 +382,7 @@ def move(source: Location, target: Location) -> None:
         os.replace(source, target)
         return
     filesystem, path = resolve(source)
-    with _store_errors(source):
+    with store_errors(source):
         filesystem.move(path, resolve(target)[1])
 
 
