@@ -265,16 +265,6 @@ def _quarantine(where: dict, source: str, error: str, record: bytes | dict, doc_
     }
 
 
-def write_parquet(table: pa.Table, path: Location) -> str:
-    """Write atomically (a renamed temporary file, or one PUT) with zstd; return the sha256 of the
-    bytes written."""
-    return storage.write_parquet(table, path)
-
-
-def sha256_file(path: Location) -> str:
-    return storage.sha256(path)
-
-
 def read_texts(patterns: list[str]) -> Iterator[dict]:
     """Valid documents of the given inputs as dicts (id, text, source, meta fields merged back):
     for model training and calibration, where quarantined records are reported and skipped."""

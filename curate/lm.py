@@ -25,9 +25,9 @@ import kenlm
 import numpy as np
 import sentencepiece as spm
 
-from curate import remote_dirs
+from curate import remote_dirs, storage
 from curate.atomic import write_text
-from curate.documents import expand_inputs, read_texts, sha256_file
+from curate.documents import expand_inputs, read_texts
 from curate.normalize import DocumentLines, normalize, normalize_reference
 from curate.pieces import PieceEncoder
 from curate.splits import split_of
@@ -138,7 +138,7 @@ def source(path: str, where: dict | None = None, split: str | None = None) -> di
 def training_config(sources: list[dict], order: int, vocab: int) -> dict:
     return {
         "inputs": [
-            {**src, "files": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_inputs([src["path"]])]}
+            {**src, "files": [{"path": str(p), "sha256": storage.sha256(p)} for p in expand_inputs([src["path"]])]}
             for src in sources
         ],
         "order": order,

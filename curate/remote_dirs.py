@@ -42,12 +42,7 @@ def _stderr(message: str) -> None:
 def versions(location: Location) -> dict[str, str]:
     """Every file under a directory or prefix, by path relative to it, with its size and
     modification time (which change when an object is written again)."""
-    filesystem, path = storage.resolve(location)
-    with storage.store_errors(location):
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return {
-        info.path[len(path) + 1 :]: f"{info.size}:{info.mtime_ns}" for info in infos if info.type == pafs.FileType.File
-    }
+    return {rel: f"{info.size}:{info.mtime_ns}" for rel, info in storage.file_infos(location).items()}
 
 
 def cache_folder(url: str, listing: dict[str, str]) -> Path:

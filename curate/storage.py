@@ -203,10 +203,16 @@ def list_files(location: Location) -> list[Location]:
     """Every file under a directory or prefix, recursively, sorted."""
     if not is_url(location):
         return sorted(p for p in Path(location).rglob("*") if p.is_file())
+    return sorted(join(location, rel) for rel in file_infos(location))
+
+
+def file_infos(location: Location) -> dict[str, pafs.FileInfo]:
+    """Every file under a directory or prefix, recursively, by its path relative to it, with what
+    the store says of it (size, modification time)."""
     filesystem, path = resolve(location)
     with store_errors(location):
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sorted(join(location, info.path[len(path) + 1 :]) for info in infos if info.type == pafs.FileType.File)
+    return {info.path[len(path) + 1 :]: info for info in infos if info.type == pafs.FileType.File}
 
 
 def glob(pattern: str | Path, root: Location | None = None) -> list[Location]:

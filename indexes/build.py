@@ -222,8 +222,18 @@ def write_index(
 
     if storage.is_url(out_dir):
         with remote_dirs.publishing(str(out_dir), CARD_NAME, overwrite, log) as local:
-            args = (vocab_size, eos_token_id, tokenizer, shard_tokens, True, log, sorter, True)
-            return write_index(documents, local, *args)
+            return write_index(
+                documents,
+                local,
+                vocab_size,
+                eos_token_id,
+                tokenizer,
+                shard_tokens,
+                overwrite=True,  # a fresh staging folder; `overwrite` was checked against the URL
+                log=log,
+                sorter=sorter,
+                on_this_node=True,
+            )
     width = token_width_for_vocab(vocab_size)
     if shard_tokens is not None and shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")

@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curate import storage
 from curate.atomic import write_text
-from curate.documents import expand_inputs, read_texts, sha256_file
+from curate.documents import expand_inputs, read_texts
 from indexes.layout import CARD_NAME
 from models.ablate_spec import AblateSpec
 from models.config import TrainConfig
@@ -440,7 +441,7 @@ def _tokenizer(spec: AblateSpec, out: Path, log: Callable[[str], None]) -> Path:
             raise AblationError(f"tokenizer {spec.tokenizer} does not exist")
         return Path(spec.tokenizer)
     path = out / "tokenizer.json"
-    key = _key(str(spec.vocab), *[sha256_file(p) for p in expand_inputs(spec.base)])
+    key = _key(str(spec.vocab), *[storage.sha256(p) for p in expand_inputs(spec.base)])
     stamp = out / "tokenizer.key"
     if path.is_file() and stamp.is_file() and stamp.read_text() == key:
         return path
@@ -455,7 +456,7 @@ def _ensure_index(name: str, files: list[str], tokenizer: Path, out: Path, log: 
     from indexes.build import build_index
 
     index = out / "indexes" / _dir_name(name)
-    key = _key(sha256_file(tokenizer), *[f"{Path(f).name}:{sha256_file(Path(f))}" for f in files])
+    key = _key(storage.sha256(tokenizer), *[f"{Path(f).name}:{storage.sha256(Path(f))}" for f in files])
     stamp = index.with_name(index.name + ".key")
     if (index / CARD_NAME).is_file() and stamp.is_file() and stamp.read_text() == key:
         return index

@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 
 from curate import storage
-from curate.documents import write_parquet
 from curate.storage import Location
 from curate.tokenizer import train_tokenizer
 from indexes.build import build_index
@@ -73,13 +72,14 @@ def dedup(kept: list[Location], tokenizer: Path, spec: IndexSpec, out_dir: Locat
         rejected_frames.append(without_text(gone))
         name = storage.name(path)
         if len(docs):
-            files[f"kept/{name}"] = {"rows": len(docs), "sha256": write_parquet(docs.to_arrow(), path)}
+            files[f"kept/{name}"] = {"rows": len(docs), "sha256": storage.write_parquet(docs.to_arrow(), path)}
         else:
             files[f"kept/{name}"] = None
             storage.remove(path)
         if len(gone):
             rel = f"rejected/{DEDUP}-{name}"
-            files[rel] = {"rows": len(gone), "sha256": write_parquet(gone.to_arrow(), storage.join(out_dir, rel))}
+            digest = storage.write_parquet(gone.to_arrow(), storage.join(out_dir, rel))
+            files[rel] = {"rows": len(gone), "sha256": digest}
     rejected = concat(rejected_frames)
     emptied = len(rejected)
     log(f"dedup: cut {removed} repeated tokens from {changed} documents; {emptied} documents were nothing but repeats")

@@ -39,8 +39,6 @@ from curate.documents import (
     is_unreadable,
     plan_shards,
     read_shard,
-    sha256_file,
-    write_parquet,
 )
 from curate.lock import LOCK_NAME, output_lock
 from curate.ray_runtime import init_ray, ray_log_file
@@ -112,7 +110,7 @@ def _run_locked(job: Job, out_dir: Location, address: str | None, log, verbose: 
     storage.write_text(state_file, json.dumps(state, indent=2))
 
     files = [(path, spec.source) for spec in job.inputs for path in expand_inputs([spec.path])]
-    digests = {path: sha256_file(path) for path, _ in files}
+    digests = {path: storage.sha256(path) for path, _ in files}
     shards = plan_shards(files, job.shard_docs)
     stamps = {s.shard: _stamp(s, digests[storage.as_location(s.path)]) for s in shards}
     pending = _pending(shards, stamps, work, log)
@@ -381,7 +379,7 @@ class _ShardSink:
                 if shard in self.stamps:
                     metadata = {**(table.schema.metadata or {}), STAMP_KEY: json.dumps(self.stamps[shard])}
                     table = table.replace_schema_metadata(metadata)
-                write_parquet(table, _shard_file(self.work, shard))
+                storage.write_parquet(table, _shard_file(self.work, shard))
                 self.progress.advance(len(table))
 
 
@@ -502,7 +500,8 @@ def split_shard(
     for sub, frame in parts.items():
         if len(frame):
             rel = f"{sub}/part-{shard:05d}.parquet"
-            files[rel] = {"rows": len(frame), "sha256": write_parquet(frame.to_arrow(), storage.join(out_dir, rel))}
+            digest = storage.write_parquet(frame.to_arrow(), storage.join(out_dir, rel))
+            files[rel] = {"rows": len(frame), "sha256": digest}
     rows = {sub: without_text(frame) if len(frame) else pl.DataFrame() for sub, frame in parts.items()}
     return ShardOutput(
         files=files, synthetic=without_text(synthetic) if len(synthetic) else pl.DataFrame(), seconds=seconds, **rows
@@ -564,7 +563,9 @@ def write_manifest(
         "config_hash": config_hash,
         **counts(None),
         "sources": {src: counts(src) for src in sorted(scores["source"].unique().to_list())} if len(scores) else {},
-        "inputs": [{"path": str(p), "source": s, "sha256": (digests or {}).get(p) or sha256_file(p)} for p, s in files],
+        "inputs": [
+            {"path": str(p), "source": s, "sha256": (digests or {}).get(p) or storage.sha256(p)} for p, s in files
+        ],
         # damaged files: where reading stopped; each unreadable rest is one of the quarantined
         "unreadable": [
             {"file": r["input_file"], "row": r["input_row"], "error": r["error"]}

@@ -19,9 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.documents import ShardSpec, count_records, expand_inputs, read_shard, write_parquet
+from curate.documents import ShardSpec, count_records, expand_inputs, read_shard
 from curate.registry import Strict
 from curate.settings import load_settings
+from curate.storage import write_parquet
 from indexes.build import build_index
 from indexes.layout import CARD_NAME
 from models.config import TrainConfig

@@ -25,10 +25,10 @@ import ray
 from pydantic import Field
 
 from curate import lm, registry
-from curate.documents import sha256_file
 from curate.ray_runtime import RayStartError, _auth, init_ray
 from curate.registry import Strict
 from curate.stages import Resources, Stage
+from curate.storage import sha256
 from pipelines.runner import run_job
 from pipelines.spec import load_job
 
@@ -229,7 +229,7 @@ def _outputs(out: Path) -> dict[str, pl.DataFrame]:
 
 
 def _checksums(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): sha256_file(p) for sub in OUTPUTS for p in sorted((out / sub).glob("*.parquet"))}
+    return {str(p.relative_to(out)): sha256(p) for sub in OUTPUTS for p in sorted((out / sub).glob("*.parquet"))}
 
 
 @pytest.fixture(scope="module")

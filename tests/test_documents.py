@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.documents import InputError, ShardSpec, count_records, expand_inputs, plan_shards, read_shard, write_parquet
+from curate.documents import InputError, ShardSpec, count_records, expand_inputs, plan_shards, read_shard
+from curate.storage import write_parquet
 
 
 def _read(path, max_doc_bytes=1000):

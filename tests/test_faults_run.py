@@ -13,7 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.documents import InputError, sha256_file
+from curate.documents import InputError
+from curate.storage import sha256
 from pipelines.runner import find_duplicates, run_job
 from pipelines.spec import load_job
 
@@ -64,7 +65,7 @@ def test_a_resume_after_an_input_changed_never_serves_stale_documents(tmp_path):
     assert sorted(kept["id"]) == sorted(expected)
     assert kept.filter(pl.col("id") == "new7")["text"].to_list() == ["new text 7"]
     assert manifest["input"] == manifest["kept"] == 410
-    assert {i["path"]: i["sha256"] for i in manifest["inputs"]}[str(a)] == sha256_file(a)
+    assert {i["path"]: i["sha256"] for i in manifest["inputs"]}[str(a)] == sha256(a)
     # b.jsonl did not change: its finished shard moved to its new number instead of being redone
     moved = out / "work" / "shard-00004.parquet"
     assert moved.stat().st_mtime_ns == b_mtime

@@ -13,10 +13,11 @@ import polars as pl
 import pytest
 
 from curate import harmful
-from curate.documents import read_texts, sha256_file
+from curate.documents import read_texts
 from curate.lm import LanguageModel, score_piece_lines
 from curate.normalize import normalize_reference
 from curate.splits import split_of
+from curate.storage import sha256
 from pipelines.runner import run_job
 from pipelines.spec import SpecError, load_job
 
@@ -52,7 +53,7 @@ def test_every_document_is_accounted_for(run):
 def test_manifest_checksums_and_config_hash(run):
     out, m = run
     for rel, info in m["shards"].items():
-        assert sha256_file(out / rel) == info["sha256"]
+        assert sha256(out / rel) == info["sha256"]
         assert pl.read_parquet(out / rel).height == info["rows"]
     assert len(m["config_hash"]) == 16
 
