@@ -112,23 +112,26 @@ def is_unreadable(error: str) -> bool:
     return UNREADABLE in error
 
 
-def _lines(path: Location) -> Iterator[tuple[int, bytes | Unreadable]]:
-    """(line number, line) for the non-blank lines of a JSON Lines file, a leading BOM skipped;
-    reading stops at damage, which comes last as an `Unreadable` at the line that failed. An object
-    store that fails (a StorageError, not one of READ_ERRORS) stops the run instead."""
-    line_no, offset = 0, 0
+def _lines(path: Location, offset: int = 0, line: int = 0) -> Iterator[tuple[int, int, bytes | Unreadable]]:
+    """(line number, byte offset, line) for the non-blank lines of a JSON Lines file from byte
+    `offset` of its (gunzipped) data, after `line` lines, a leading BOM skipped; reading stops at
+    damage, which comes last as an `Unreadable` at the line that failed. An object store that
+    fails (a StorageError, not one of READ_ERRORS) stops the run instead."""
+    line_no = line
     gz = storage.name(path).endswith(".gz")
     try:
         with storage.open_input(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                offset += len(line)
-                if line_no == 1 and line.startswith(BOM):
-                    line = line[len(BOM) :]
-                if line.strip():
-                    yield line_no, line
+            if offset:
+                f.seek(offset)  # a plain file seeks; a .gz decompresses up to there without splitting lines
+            for line_no, data in enumerate(f, start=line + 1):
+                start, offset = offset, offset + len(data)
+                if line_no == 1 and data.startswith(BOM):
+                    data = data[len(BOM) :]
+                if data.strip():
+                    yield line_no, start, data
     except READ_ERRORS as e:
         where = f"after {offset} bytes" + (" of decompressed data" if gz else "")
-        yield line_no + 1, Unreadable(f"{type(e).__name__}: {e} ({where})")
+        yield line_no + 1, offset, Unreadable(f"{type(e).__name__}: {e} ({where})")
 
 
 @dataclass(frozen=True)
@@ -140,15 +143,37 @@ class ShardSpec:
     start: int
     stop: int
     source: str | None  # overrides the records' own `source` when set
+    # JSON Lines: the byte of the (gunzipped) data where record `start` begins, on line `line` + 1,
+    # so that a shard is read without re-reading the file before it; 0: read from the file's start
+    offset: int = 0
+    line: int = 0
 
 
 def plan_shards(files: list[tuple[Location, str | None]], shard_docs: int) -> list[ShardSpec]:
     shards: list[ShardSpec] = []
     for path, source in files:
-        n = count_records(path)
-        for start in range(0, n, shard_docs):
-            shards.append(ShardSpec(len(shards), str(path), start, min(n, start + shard_docs), source))
+        for start, stop, offset, line in _slices(path, shard_docs):
+            shards.append(ShardSpec(len(shards), str(path), start, stop, source, offset, line))
     return shards
+
+
+def _slices(path: Location, shard_docs: int) -> list[tuple[int, int, int, int]]:
+    """(start, stop, offset, line) of each shard of a file, in one pass over it. A damaged file's
+    shards are read from its start, as here: after a seek a .gz is decompressed in other pieces,
+    and corrupt deflate data can then fail a few lines earlier or later than it did here."""
+    if storage.name(path).endswith(PARQUET_SUFFIXES):
+        n = count_records(path)
+        return [(start, min(n, start + shard_docs), 0, 0) for start in range(0, n, shard_docs)]
+    starts: list[tuple[int, int]] = []
+    n, damaged = 0, False
+    for n, (line_no, offset, data) in enumerate(_lines(path), start=1):
+        if (n - 1) % shard_docs == 0:
+            starts.append((offset, line_no - 1))
+        damaged = isinstance(data, Unreadable)
+    return [
+        (start, min(n, start + shard_docs), *((0, 0) if damaged else where))
+        for start, where in zip(range(0, n, shard_docs), starts)
+    ]
 
 
 def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
@@ -157,14 +182,16 @@ def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     fallback_source = spec.source or default_source(path)
     rows = [
         _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
-        for position, record in _records(path, spec.start, spec.stop)
+        for position, record in _records(path, spec.start, spec.stop, spec.offset, spec.line)
     ]
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _records(path: Location, start: int, stop: int) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
+def _records(
+    path: Location, start: int, stop: int, offset: int = 0, line: int = 0
+) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
     """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
-    `Unreadable` rest of a damaged file."""
+    `Unreadable` rest of a damaged file. JSON Lines are read from `offset` (see ShardSpec)."""
     if storage.name(path).endswith(PARQUET_SUFFIXES):
         try:
             rows = storage.read_parquet(path).slice(start, stop - start).to_pylist()
@@ -174,11 +201,11 @@ def _records(path: Location, start: int, stop: int) -> Iterator[tuple[int, bytes
             return
         yield from enumerate(rows, start=start)
         return
-    for index, (line_no, line) in enumerate(_lines(path)):
+    for index, (line_no, _, data) in enumerate(_lines(path, offset, line), start=start if offset else 0):
         if index >= stop:
             break
         if index >= start:
-            yield line_no, line
+            yield line_no, data
 
 
 def _validate(

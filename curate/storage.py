@@ -236,25 +236,36 @@ def glob(pattern: str | Path, root: Location | None = None) -> list[Location]:
 
 
 def open_input(location: Location) -> IO[bytes]:
-    """A binary stream of the file's bytes, gunzipped when its name ends in .gz. On an object store
-    a lost connection while reading is a StorageError, not damage to the data."""
+    """A binary stream of the file's bytes, gunzipped when its name ends in .gz, that can seek (a
+    .gz forward only, by decompressing). On an object store a lost connection while reading is a
+    StorageError, not damage to the data."""
     if not is_url(location):
         return gzip.open(location, "rb") if name(location).endswith(".gz") else open(location, "rb")
     filesystem, path = resolve(location)
     with store_errors(location):
-        stream = filesystem.open_input_stream(path, compression=None)
+        stream = filesystem.open_input_file(path)
     raw = io.BufferedReader(_RemoteReader(stream, str(location)), READ_BLOCK)
     return gzip.GzipFile(fileobj=raw, mode="rb") if name(location).endswith(".gz") else raw
 
 
 class _RemoteReader(io.RawIOBase):
-    """A pyarrow input stream whose read errors name the URL (a damaged .gz is still gzip's error)."""
+    """A pyarrow input file whose read errors name the URL (a damaged .gz is still gzip's error)."""
 
     def __init__(self, stream: pa.NativeFile, url: str):
         self._stream, self._url = stream, url
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with store_errors(self._url):
+            return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
     def readinto(self, buffer) -> int:
         with store_errors(self._url):
