@@ -53,12 +53,19 @@ if [ ! -f "$llama_marker" ]; then
   touch "$llama_marker"
 fi
 
+# The sources of the PyPI kenlm package (the version the venv's kenlm module is), unpacked in $1;
+# prints their folder.
+KENLM_SDIST_SHA256=c4628bb9fb63c8a6f9240035b8b037385cfc404cb72e933cf48878291edac1e8
+kenlm_source() {
+  "$VENV/bin/pip" download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$1"
+  echo "$KENLM_SDIST_SHA256  $1/kenlm-0.3.0.tar.gz" | sha256sum -c --quiet >&2
+  tar -xzf "$1/kenlm-0.3.0.tar.gz" -C "$1"
+  echo "$1/kenlm-0.3.0"
+}
 if [ ! -x "$KENLM_CACHE/bin/lmplz" ] || [ ! -x "$KENLM_CACHE/bin/build_binary" ]; then
   step "building lmplz and build_binary into $KENLM_CACHE (about 2 minutes)"
   work=$(mktemp -d)
-  "$VENV/bin/pip" download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$work"
-  tar -xzf "$work"/kenlm-*.tar.gz -C "$work"
-  src=$(find "$work" -maxdepth 1 -type d -name 'kenlm-*' | head -1)
+  src=$(kenlm_source "$work")
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
   make -C "$work/build" -j"$(nproc)" lmplz build_binary >/dev/null
   mkdir -p "$KENLM_CACHE/bin"
@@ -84,7 +91,26 @@ if [ ! -f "$sort_shard_lib" ]; then
   gcc -O2 -fopenmp -shared -fPIC -I"$LIBSAIS_CACHE/include" indexes/sort_shard.c -o "$sort_shard_lib.tmp"
   mv "$sort_shard_lib.tmp" "$sort_shard_lib"
 fi
+# curate/kenlm_ids.cc (KenLM scoring of lines of vocabulary ids, see curate/kenlm_ids.py) compiled
+# with KenLM's library sources as the kenlm module's setup.py lists them and its flags, into a
+# library named by the shim's hash; only the shim's symbols are exported, so it sits beside the
+# kenlm module in one process.
+KENLM_IDS_CACHE=$HOME/.cache/curate/kenlm_ids
+kenlm_ids_lib="$KENLM_IDS_CACHE/kenlm_ids-$(sha256sum curate/kenlm_ids.cc | cut -c1-12).so"
+if [ ! -f "$kenlm_ids_lib" ]; then
+  step "compiling curate/kenlm_ids.cc with KenLM into $KENLM_IDS_CACHE (about a minute)"
+  work=$(mktemp -d)
+  src=$(kenlm_source "$work")
+  flags="-O3 -DNDEBUG -DKENLM_MAX_ORDER=6 -DHAVE_ZLIB -DHAVE_BZLIB -DHAVE_XZLIB -DHAVE_CLOCKGETTIME -std=c++11 -fPIC -fvisibility=hidden"
+  (cd "$src" && ls util/*.cc util/double-conversion/*.cc lm/*.cc | grep -v -e 'main\.cc$' -e 'test\.cc$' |
+    xargs -P"$(nproc)" -I{} sh -c "g++ $flags -w -I. -c {} -o \"$work/\$(echo {} | tr / _).o\"")
+  mkdir -p "$KENLM_IDS_CACHE"
+  rm -f "$KENLM_IDS_CACHE"/kenlm_ids-*.so  # builds of earlier sources
+  g++ $flags -shared -I"$src" curate/kenlm_ids.cc "$work"/*.o -lz -lbz2 -llzma -o "$kenlm_ids_lib.tmp"
+  mv "$kenlm_ids_lib.tmp" "$kenlm_ids_lib"
+  rm -rf "$work"
+fi
 # The index's search loops compiled ahead of time (numba pycc), so a one-shot query loads no numba;
 # skipped when this source's build exists (see indexes/compile_loops.py).
 "$VENV/bin/python" -m indexes.compile_loops
-echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin, $sort_shard_lib"
+echo "setup done: $VENV, lmplz in $KENLM_CACHE/bin, $sort_shard_lib, $kenlm_ids_lib"
