@@ -15,12 +15,17 @@ more quarantined record that names the file and the line (or row) where reading 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import io
 import json
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import IO
 
+import indexed_gzip
 import pyarrow as pa
 
 from curate import storage
@@ -35,6 +40,10 @@ UNREADABLE = "unreadable from here on"
 # errors of a damaged file: truncated gzip (EOFError), not gzip or a bad CRC (BadGzipFile, an
 # OSError), corrupt deflate data (zlib.error), a failing disk (OSError), a bad Parquet file
 READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowException)
+# a .gz's seek index (indexed_gzip): a point every 4 MiB of decompressed data or more, at most
+# about 256 of them (each holds 32 KiB), so a shard decompresses at most that much before its start
+GZ_INDEX_SPACING = 4 << 20
+GZ_INDEX_POINTS = 256
 
 # One schema for every row read: valid documents have `error` null, quarantined rows have it set.
 ROW_SCHEMA = pa.schema(
@@ -100,7 +109,7 @@ def count_records(path: Location) -> int:
     return sum(1 for _ in _lines(path))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Unreadable:
     """Where reading a damaged file failed: the rest of the file, one quarantined record."""
 
@@ -112,7 +121,9 @@ def is_unreadable(error: str) -> bool:
     return UNREADABLE in error
 
 
-def _lines(path: Location, offset: int = 0, line: int = 0) -> Iterator[tuple[int, int, bytes | Unreadable]]:
+def _lines(
+    path: Location, offset: int = 0, line: int = 0, gz_index: bytes | None = None
+) -> Iterator[tuple[int, int, bytes | Unreadable]]:
     """(line number, byte offset, line) for the non-blank lines of a JSON Lines file from byte
     `offset` of its (gunzipped) data, after `line` lines, a leading BOM skipped; reading stops at
     damage, which comes last as an `Unreadable` at the line that failed. An object store that
@@ -120,9 +131,7 @@ def _lines(path: Location, offset: int = 0, line: int = 0) -> Iterator[tuple[int
     line_no = line
     gz = storage.name(path).endswith(".gz")
     try:
-        with storage.open_input(path) as f:
-            if offset:
-                f.seek(offset)  # a plain file seeks; a .gz decompresses up to there without splitting lines
+        with _open_at(path, offset, gz_index) as f:
             for line_no, data in enumerate(f, start=line + 1):
                 start, offset = offset, offset + len(data)
                 if line_no == 1 and data.startswith(BOM):
@@ -134,7 +143,23 @@ def _lines(path: Location, offset: int = 0, line: int = 0) -> Iterator[tuple[int
         yield line_no + 1, offset, Unreadable(f"{type(e).__name__}: {e} ({where})")
 
 
-@dataclass(frozen=True)
+@contextlib.contextmanager
+def _open_at(path: Location, offset: int, gz_index: bytes | None) -> Iterator[IO[bytes]]:
+    """The file's (gunzipped) data from byte `offset`: a plain file seeks there; a .gz starts at
+    the seek point of its index before it, or without one decompresses from the start."""
+    if gz_index is None:
+        with storage.open_input(path) as f:
+            if offset:
+                f.seek(offset)
+            yield f
+        return
+    with storage.open_raw(path) as raw, indexed_gzip.IndexedGzipFile(fileobj=raw, auto_build=False) as f:
+        f.import_index(fileobj=io.BytesIO(gz_index))
+        f.seek(offset)
+        yield f
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardSpec:
     """A slice [start, stop) of one input file's records: the unit of work and of resume."""
 
@@ -147,6 +172,8 @@ class ShardSpec:
     # so that a shard is read without re-reading the file before it; 0: read from the file's start
     offset: int = 0
     line: int = 0
+    # a .gz's seek index (index_gz_shards), without which it is decompressed from its start
+    gz_index: str | None = None
 
 
 def plan_shards(files: list[tuple[Location, str | None]], shard_docs: int) -> list[ShardSpec]:
@@ -176,19 +203,64 @@ def _slices(path: Location, shard_docs: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
+def index_gz_shards(
+    shards: list[ShardSpec], index_dir: Location, min_spacing: int = GZ_INDEX_SPACING
+) -> list[ShardSpec]:
+    """The shards, those of a .gz that start at an offset with a seek index of their file, written
+    to `index_dir` (where every read task can reach it: the run's work folder), so that a shard
+    does not decompress the whole file before it."""
+    last: dict[str, int] = {}
+    for spec in shards:
+        if spec.offset and storage.name(spec.path).endswith(".gz"):
+            last[spec.path] = max(last.get(spec.path, 0), spec.offset)
+    indexes = {}
+    for path, end in last.items():
+        index = _gz_index(storage.as_location(path), max(min_spacing, end // GZ_INDEX_POINTS))
+        if index is not None:
+            key = hashlib.sha256(path.encode()).hexdigest()[:16]
+            indexes[path] = str(storage.join(index_dir, f"{storage.name(path)}.{key}.gzidx"))
+            storage.write_bytes(indexes[path], index)
+    return [dataclasses.replace(s, gz_index=indexes[s.path]) if s.path in indexes else s for s in shards]
+
+
+def _gz_index(path: Location, spacing: int) -> bytes | None:
+    """A seek index of a .gz by indexed_gzip (a seek point every `spacing` bytes of data, each with
+    the 32 KiB that restart decompression there): one more pass over the file, in C, where each
+    shard would decompress everything before it. None if indexed_gzip cannot read the file."""
+    try:
+        with storage.open_raw(path) as raw, indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=spacing) as f:
+            f.build_full_index()
+            index = io.BytesIO()
+            f.export_index(fileobj=index)
+    except READ_ERRORS:
+        return None
+    return index.getvalue()
+
+
+def _read_gz_index(spec: ShardSpec) -> bytes | None:
+    """The shard's .gz index, or None (decompress from the start) where this worker cannot read
+    it, e.g. a work folder on the driver's own disk."""
+    if spec.gz_index is None or not spec.offset:
+        return None
+    try:
+        return storage.read_bytes(storage.as_location(spec.gz_index))
+    except (OSError, storage.StorageError):
+        return None
+
+
 def read_shard(spec: ShardSpec, max_doc_bytes: int) -> pa.Table:
     """Read and validate one shard into ROW_SCHEMA rows."""
     path = storage.as_location(spec.path)
     fallback_source = spec.source or default_source(path)
     rows = [
         _validate(record, position, path, spec.source, fallback_source, max_doc_bytes)
-        for position, record in _records(path, spec.start, spec.stop, spec.offset, spec.line)
+        for position, record in _records(path, spec.start, spec.stop, spec.offset, spec.line, _read_gz_index(spec))
     ]
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
 def _records(
-    path: Location, start: int, stop: int, offset: int = 0, line: int = 0
+    path: Location, start: int, stop: int, offset: int = 0, line: int = 0, gz_index: bytes | None = None
 ) -> Iterator[tuple[int, bytes | dict | Unreadable]]:
     """(position, record) for records start..stop-1: raw line bytes, a Parquet row dict, or the
     `Unreadable` rest of a damaged file. JSON Lines are read from `offset` (see ShardSpec)."""
@@ -201,7 +273,7 @@ def _records(
             return
         yield from enumerate(rows, start=start)
         return
-    for index, (line_no, _, data) in enumerate(_lines(path, offset, line), start=start if offset else 0):
+    for index, (line_no, _, data) in enumerate(_lines(path, offset, line, gz_index), start=start if offset else 0):
         if index >= stop:
             break
         if index >= start:

@@ -239,13 +239,20 @@ def open_input(location: Location) -> IO[bytes]:
     """A binary stream of the file's bytes, gunzipped when its name ends in .gz, that can seek (a
     .gz forward only, by decompressing). On an object store a lost connection while reading is a
     StorageError, not damage to the data."""
+    if not is_url(location) and name(location).endswith(".gz"):
+        return gzip.open(location, "rb")
+    raw = open_raw(location)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if name(location).endswith(".gz") else raw
+
+
+def open_raw(location: Location) -> IO[bytes]:
+    """A seekable binary stream of the file's bytes as stored (a .gz not gunzipped)."""
     if not is_url(location):
-        return gzip.open(location, "rb") if name(location).endswith(".gz") else open(location, "rb")
+        return open(location, "rb")
     filesystem, path = resolve(location)
     with store_errors(location):
         stream = filesystem.open_input_file(path)
-    raw = io.BufferedReader(_RemoteReader(stream, str(location)), READ_BLOCK)
-    return gzip.GzipFile(fileobj=raw, mode="rb") if name(location).endswith(".gz") else raw
+    return io.BufferedReader(_RemoteReader(stream, str(location)), READ_BLOCK)
 
 
 class _RemoteReader(io.RawIOBase):

@@ -36,6 +36,7 @@ from curate.documents import (
     InputError,
     ShardSpec,
     expand_inputs,
+    index_gz_shards,
     is_unreadable,
     plan_shards,
     read_shard,
@@ -113,7 +114,7 @@ def _run_locked(job: Job, out_dir: Location, address: str | None, log, verbose: 
     digests = {path: storage.sha256(path) for path, _ in files}
     shards = plan_shards(files, job.shard_docs)
     stamps = {s.shard: _stamp(s, digests[storage.as_location(s.path)]) for s in shards}
-    pending = _pending(shards, stamps, work, log)
+    pending = index_gz_shards(_pending(shards, stamps, work, log), storage.join(work, "gz-index"))
     log(
         f"{len(shards)} shards from {len(files)} files; "
         f"{len(shards) - len(pending)} already done, {len(pending)} to process"
