@@ -118,22 +118,31 @@ def test_demo_job_through_ray_job_submit(cluster, tmp_path):
 
 
 def test_run_with_address_joins_the_cluster(cluster, tmp_path):
-    """`curate run --address HOST:PORT` runs on the cluster (its Ray records say it joined one)."""
+    """`curate run --address HOST:PORT` runs on the cluster (its Ray records say it joined one),
+    and writes the same output files, byte for byte, as a run on its own local Ray."""
     _, env, gcs = cluster
     job = tmp_path / "job.yaml"
     sample = REPO / "data" / "samples" / "openwebtext_short12.jsonl"
-    job.write_text(json.dumps({"name": "a", "inputs": [{"path": str(sample)}], "stages": [{"langid": {}}]}))
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [str(BIN / "curate"), "run", str(job), "--out", str(out), "--address", gcs],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    # two shards, so that the shards' rows come back through Ray in some order and are put in theirs
+    spec = {"name": "a", "inputs": [{"path": str(sample)}], "shard_docs": 5, "stages": [{"langid": {}}]}
+    job.write_text(json.dumps(spec))
+    manifests = {}
+    for how, address in (("joined", ["--address", gcs]), ("local", [])):
+        out = tmp_path / how
+        proc = subprocess.run(
+            [str(BIN / "curate"), "run", str(job), "--out", str(out), *address],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        manifests[how] = json.loads((out / "manifest.json").read_text())
+    manifest = manifests["joined"]
     assert manifest["input"] == 12 == manifest["kept"] + sum(manifest["rejected"].values()) + manifest["quarantined"]
-    log = (out / "logs" / "ray.log").read_text()  # Ray names the node's own address for 127.0.0.1
+    assert len(manifest["shards"]) >= 3 and manifest["shards"] == manifests["local"]["shards"]  # sha256 of each file
+    log = (tmp_path / "joined" / "logs" / "ray.log").read_text()  # Ray names the node's own address for 127.0.0.1
     assert re.search(rf"Connecting to existing Ray cluster at address: [\d.]+:{gcs.rsplit(':', 1)[1]}\b", log), log
+    local = (tmp_path / "local" / "logs" / "ray.log").read_text()
+    assert "Connecting to existing Ray cluster" not in local, local
