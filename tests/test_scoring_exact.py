@@ -1,5 +1,5 @@
-"""The fast scoring path (batch normalisation, distinct lines, SentencePiece ids through a table,
-the opt-in word cache, KenLM per distinct line) gives exactly what the plain per-line reference
+"""The fast scoring path (batch normalisation, distinct lines, the compiled unigram search of
+curate/unigram.py, KenLM per distinct line) gives exactly what the plain per-line reference
 gives: the same normalised lines, the same pieces, the same floats, on all the shipped data.
 Pieces are compared as KenLM gets them, joined by spaces, with their number (no piece holds a
 space: SentencePiece writes whitespace as U+2581)."""
@@ -49,21 +49,26 @@ def test_normalised_lines_equal_the_reference(texts):
     assert len(lines.distinct) < len(lines.line)  # boilerplate repeats: each distinct line is scored once
 
 
-def reference(encoder: PieceEncoder, lines: list[str]) -> tuple[list[str], list[int]]:
+def reference(encoder: PieceEncoder, lines: list[str]) -> tuple[list[bytes], list[int]]:
     """What KenLM is given for each line by the reference call: the pieces joined, and their number."""
     pieces = encoder.sp.encode(lines, out_type=str)
-    return [" ".join(p) for p in pieces], [len(p) for p in pieces]
+    return [" ".join(p).encode() for p in pieces], [len(p) for p in pieces]
+
+
+def encoded(encoder: PieceEncoder, lines: list[str]) -> tuple[list[bytes], list[int]]:
+    texts, counts = encoder.encode(lines)
+    return [t if isinstance(t, bytes) else t.encode() for t in texts], counts.tolist()
 
 
 def test_pieces_equal_sentencepiece(texts, models):
     lines = DocumentLines.of(texts).distinct
     for name in ("wiki", "harmful"):
         encoder = LanguageModel(models[name]).encoder
-        assert encoder.ascii is not None, f"the fast path must be taken for the {name} model"
+        assert encoder.unigram is not None and encoder.raw_ascii, f"the compiled search must serve the {name} model"
         fast = [line for line in lines if line.isascii() and line.isprintable()]
-        unknown = [line for line in fast if encoder.unk in encoder.sp.encode(line)]
-        assert len(fast) < len(lines) and unknown, "the data must hold non-ASCII lines and ASCII lines with unknowns"
-        assert encoder.encode(lines) == reference(encoder, lines)
+        unknown = [line for line in lines if encoder.sp.unk_id() in encoder.sp.encode(line)]
+        assert len(fast) < len(lines) and unknown, "the data must hold non-ASCII lines and lines with unknowns"
+        assert encoded(encoder, lines) == reference(encoder, lines)
 
 
 def test_scores_equal_the_reference_float_for_float(texts, models):
@@ -102,14 +107,55 @@ def wiki_encoder(models) -> PieceEncoder:
 def test_pieces_of_any_line(wiki_encoder, text):
     line = normalize(text)
     if line:
-        assert wiki_encoder.encode([line]) == reference(wiki_encoder, [line])
+        assert encoded(wiki_encoder, [line]) == reference(wiki_encoder, [line])
 
 
-def test_a_normaliser_that_changes_ascii_takes_the_reference_path(models, tmp_path):
+def edited_model(models, tmp_path: Path, edit) -> PieceEncoder:  # noqa: ANN001
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((Path(models["wiki"]) / "sp.model").read_bytes())
-    proto.normalizer_spec.name = "nmt_nfkc_cf"  # case folding: may change ASCII
+    edit(proto)
     (tmp_path / "sp.model").write_bytes(proto.SerializeToString())
-    encoder = PieceEncoder(tmp_path / "sp.model")
-    assert encoder.ascii is None
-    assert encoder.encode(["hello world"]) == reference(encoder, ["hello world"])
+    return PieceEncoder(tmp_path / "sp.model")
+
+
+def test_a_normaliser_that_changes_ascii_normalises_every_line(texts, models, tmp_path):
+    """Case folding may change ASCII: every line then goes through SentencePiece's normaliser."""
+    encoder = edited_model(models, tmp_path, lambda p: setattr(p.normalizer_spec, "name", "nmt_nfkc_cf"))
+    assert encoder.unigram is not None and not encoder.raw_ascii
+    lines = DocumentLines.of(texts[:300]).distinct + ["Hello  World", "ÉCOLE"]
+    assert encoded(encoder, lines) == reference(encoder, lines)
+
+
+def test_unused_pieces_are_never_chosen(texts, models, tmp_path):
+    """UNUSED pieces stay in SentencePiece's trie but are skipped: frequent ones here, so the
+    search must route around them."""
+    lines = DocumentLines.of(texts[:300]).distinct
+
+    def unuse(proto) -> None:  # noqa: ANN001
+        for p in proto.pieces[3:400]:
+            p.type = sentencepiece_model_pb2.ModelProto.SentencePiece.UNUSED
+
+    encoder = edited_model(models, tmp_path, unuse)
+    assert encoder.unigram is not None
+    assert encoded(encoder, lines) == reference(encoder, lines)
+
+
+def test_models_the_search_does_not_reproduce_take_sentencepiece(models, tmp_path):
+    def user_defined(proto) -> None:  # noqa: ANN001
+        proto.pieces[5].type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+
+    encoder = edited_model(models, tmp_path, user_defined)
+    assert encoder.unigram is None
+    assert encoded(encoder, ["hello world", "ÉCOLE"]) == reference(encoder, ["hello world", "ÉCOLE"])
+
+
+def test_very_long_lines_shift_their_running_scores_as_sentencepiece_does(texts, models):
+    """Past a running score of -1e5 SentencePiece shifts the kept scores back to 0 (float32
+    subtractions that can change a near-tie): lines of tens of thousands of pieces."""
+    encoder = LanguageModel(models["wiki"]).encoder
+    words = " ".join(DocumentLines.of(texts).distinct).split()
+    lines = [" ".join(words[i : i + 40000]) for i in range(0, 120000, 40000)]
+    lines.append("ε" + lines[0])  # the same through SentencePiece's normaliser
+    ref = reference(encoder, lines)
+    assert min(ref[1]) > 20000
+    assert encoded(encoder, lines) == ref

@@ -1,0 +1,318 @@
+"""SentencePiece's unigram segmentation, many lines per call, compiled with numba.
+
+SentencePiece's own search is fast, but each call around it costs more than the search on a short
+line: the normaliser with its alignment map, a result proto, a Python list per line. Here the
+lines of a batch go in as one UTF-8 buffer and come out as piece ids in one array.
+
+The search is sentencepiece 0.2's (`unigram::Model::EncodeOptimized`), step for step, so the
+segmentation is the same, ties included: the best path ending at each byte position is kept, the
+pieces starting at a character are found by walking a trie of the pieces' bytes, a candidate
+replaces the kept path only when its float32 score is strictly greater (the earliest start wins a
+tie), an unknown character scores the lowest piece score minus 10, and running scores beyond
++-1e5 are shifted back to 0 as SentencePiece does on very long lines. Afterwards, as
+`SentencePieceProcessor` does, neighbouring unknown pieces merge into one. Unused pieces are in the
+trie but never chosen; models with user-defined symbols or byte fallback are not taken (`Unigram.of`
+returns None) and keep SentencePiece's own call. tests/test_unigram.py checks equality with
+`sp.encode` on every shipped line.
+
+Lines come normalised by SentencePiece's normaliser, or, for printable ASCII under a model whose
+normaliser leaves such text as it is, raw: the kernel then applies the whitespace rules itself
+(a "▁" in front, runs of spaces as one "▁", none at either end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+from sentencepiece import sentencepiece_model_pb2
+
+SPACE = "\u2581".encode()  # SentencePiece's whitespace mark, 3 bytes in UTF-8
+UNK_PENALTY = np.float32(10.0)  # below the lowest piece score, as SentencePiece scores an unknown character
+SCORE_RESET = np.float32(100000.0)
+# bytes of a UTF-8 character from its first byte's high nibble (SentencePiece's OneCharLen)
+CHAR_LEN = np.array([1] * 12 + [2, 2, 3, 4], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Unigram:
+    """A unigram model's pieces as arrays for the compiled search: a double-array trie of the
+    pieces' bytes (as SentencePiece's own: from node `s`, byte `c` leads to `t = base[s] + c` when
+    `check[t] == s`; a few hundred KB, so a walk stays in cache), the piece each node completes,
+    and the pieces' scores."""
+
+    base: np.ndarray  # int32 per node
+    check: np.ndarray  # int32 per node: its parent, -1 for a free slot
+    node_piece: np.ndarray  # int32 per node: the piece id it completes, -1 for none
+    usable: np.ndarray  # bool per piece id: NORMAL (UNUSED pieces sit in the trie but are skipped)
+    scores: np.ndarray  # float32 per piece id
+    unk_id: int
+    unk_score: np.float32
+
+    @classmethod
+    def of(cls, model_file: Path | str) -> Unigram | None:
+        """The arrays of a unigram model; None for a model the kernel does not reproduce."""
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(Path(model_file).read_bytes())
+        kind = sentencepiece_model_pb2.ModelProto.SentencePiece
+        if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
+            return None
+        if proto.trainer_spec.byte_fallback or any(p.type == kind.USER_DEFINED for p in proto.pieces):
+            return None
+        transitions: dict[tuple[int, int], int] = {}
+        piece_of = [-1]
+        for piece_id, p in enumerate(proto.pieces):
+            if p.type not in (kind.NORMAL, kind.UNUSED):
+                continue
+            node = 0
+            for byte in p.piece.encode():
+                child = transitions.get((node, byte))
+                if child is None:
+                    child = transitions[node, byte] = len(piece_of)
+                    piece_of.append(-1)
+                node = child
+            piece_of[node] = piece_id
+        edges = sorted((parent, byte, child) for (parent, byte), child in transitions.items())
+        parent, byte, child = (np.array(column, dtype=np.int64) for column in zip(*edges, strict=True))
+        base, check, node_piece = _double_array(parent, byte, child, np.array(piece_of, dtype=np.int32))
+        scores = np.array([p.score for p in proto.pieces], dtype=np.float32)
+        usable = np.array([p.type == kind.NORMAL for p in proto.pieces], dtype=bool)
+        unk = [i for i, p in enumerate(proto.pieces) if p.type == kind.UNKNOWN]
+        return cls(
+            base,
+            check,
+            node_piece,
+            usable,
+            scores,
+            unk[0] if unk else 0,
+            np.float32(scores[usable].min()) - UNK_PENALTY,
+        )
+
+    def encode(self, buf: np.ndarray, bounds: np.ndarray, raw: np.ndarray) -> Segmented:
+        """Pieces of the lines `buf[bounds[i]:bounds[i + 1]]` (UTF-8 bytes); `raw[i]` marks a line
+        that still needs SentencePiece's whitespace rules (see the module docstring)."""
+        arrays = (self.base, self.check, self.node_piece, self.usable, self.scores)
+        ids, line_ends, unk_bounds, unk_bytes = _segment(buf, bounds, raw, *arrays, self.unk_id, self.unk_score)
+        return Segmented(ids, line_ends, unk_bytes, unk_bounds)
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """Piece ids of many lines back to back. An unknown piece (merged, as SentencePiece outputs
+    it) has the model's unk id, and its text is the k-th run of `unknown` in order."""
+
+    ids: np.ndarray  # int32
+    line_ends: np.ndarray  # int64, the end of each line's pieces in `ids`
+    unknown: np.ndarray  # uint8, the texts of the unknown pieces back to back
+    unknown_bounds: np.ndarray  # int64, len(unknown pieces) + 1 offsets into `unknown`
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.line_ends, prepend=0)
+
+
+@njit(cache=True)
+def _double_array(parent, byte, child, piece_of):  # noqa: ANN001, ANN202
+    """Place a trie (edges sorted by parent, then byte; node 0 the root) into a double array,
+    each node's children at the first base where all their slots are free, in node order."""
+    nodes = len(piece_of)
+    size = 2 * nodes + 512
+    base = np.zeros(size, dtype=np.int32)
+    check = np.full(size, -1, dtype=np.int32)
+    slot_of = np.full(nodes, -1, dtype=np.int64)
+    slot_of[0] = 0
+    check[0] = 0  # the root's slot is taken
+    first_free = 1
+    edges = np.searchsorted(parent, np.arange(nodes + 1))  # node n's edges: edges[n]:edges[n + 1]
+    order = np.empty(nodes, dtype=np.int64)  # nodes in breadth-first order, each placed before its children
+    order[0] = 0
+    placed = 1
+    for k in range(nodes):
+        node = order[k]
+        lo, edge = edges[node], edges[node + 1]
+        if lo == edge:
+            continue
+        while check[first_free] != -1:
+            first_free += 1
+        b = max(1, first_free - byte[lo])
+        while True:
+            if b + 256 >= len(check):  # grow
+                more = len(check)
+                base = np.concatenate((base, np.zeros(more, dtype=np.int32)))
+                check = np.concatenate((check, np.full(more, -1, dtype=np.int32)))
+            fits = True
+            for e in range(lo, edge):
+                if check[b + byte[e]] != -1:
+                    fits = False
+                    break
+            if fits:
+                break
+            b += 1
+        here = slot_of[node]
+        base[here] = b
+        for e in range(lo, edge):
+            slot = b + byte[e]
+            check[slot] = here
+            slot_of[child[e]] = slot
+            order[placed] = child[e]
+            placed += 1
+    used = 0
+    for i in range(len(check)):
+        if check[i] != -1:
+            used = i
+    size = used + 257  # every base + byte of a walk stays inside
+    node_piece = np.full(size, -1, dtype=np.int32)
+    for node in range(nodes):
+        node_piece[slot_of[node]] = piece_of[node]
+    return base[:size].copy(), check[:size].copy(), node_piece
+
+
+@njit(cache=True, nogil=True)
+def _normalized(buf: np.ndarray, start: int, stop: int, raw: bool, work: np.ndarray) -> int:
+    """Copy one line into `work`, applying SentencePiece's whitespace rules to a raw ASCII line;
+    returns its length in bytes."""
+    if not raw:
+        work[: stop - start] = buf[start:stop]
+        return stop - start
+    n = 0
+    prev_space = True  # leading spaces are dropped
+    for i in range(start, stop):
+        c = buf[i]
+        if c == 32:
+            if not prev_space:
+                work[n], work[n + 1], work[n + 2] = 0xE2, 0x96, 0x81
+                n += 3
+            prev_space = True
+        else:
+            if n == 0:  # the dummy prefix, before the first character
+                work[0], work[1], work[2] = 0xE2, 0x96, 0x81
+                n = 3
+            work[n] = c
+            n += 1
+            prev_space = False
+    if n > 0 and prev_space:  # a trailing space became a mark: drop it
+        n -= 3
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _segment(buf, bounds, raw, base, check, node_piece, usable, scores, unk_id, unk_score):  # noqa: ANN001, ANN202
+    lines = len(bounds) - 1
+    longest = 0
+    for i in range(lines):
+        longest = max(longest, bounds[i + 1] - bounds[i])
+    work = np.empty(3 * longest + 3, dtype=np.uint8)
+    best = np.empty(3 * longest + 4, dtype=np.float32)
+    starts = np.empty(3 * longest + 4, dtype=np.int64)
+    best_id = np.empty(3 * longest + 4, dtype=np.int32)
+    path = np.empty(3 * longest + 4, dtype=np.int64)
+    capacity = 3 * (bounds[lines] - bounds[0]) + 3 * lines
+    ids = np.empty(capacity, dtype=np.int32)
+    line_ends = np.empty(lines, dtype=np.int64)
+    unknown = np.empty(capacity, dtype=np.uint8)
+    unknown_bounds = np.empty(capacity + 1, dtype=np.int64)
+    unknown_bounds[0] = 0
+    n_ids = 0
+    n_unknown = 0
+    for line in range(lines):
+        size = _normalized(buf, bounds[line], bounds[line + 1], raw[line], work)
+        best[: size + 1] = 0
+        starts[: size + 1] = -1
+        best_id[: size + 1] = -1
+        frontier = 0
+        at = 0
+        while at < size:
+            here = best[at]
+            if here < -SCORE_RESET or here > SCORE_RESET:
+                for i in range(at, frontier + 1):
+                    if i == at or starts[i] != -1:
+                        best[i] -= here
+                here = np.float32(0.0)
+            char_len = min(CHAR_LEN[work[at] >> 4], size - at)
+            single = False
+            node = np.int64(0)
+            pos = at
+            while pos < size:
+                target = base[node] + work[pos]
+                if check[target] != node:
+                    break
+                node = target
+                pos += 1
+                piece = node_piece[node]
+                if piece < 0 or not usable[piece]:
+                    continue
+                frontier = max(frontier, pos)
+                candidate = np.float32(scores[piece] + here)
+                if starts[pos] == -1 or candidate > best[pos]:
+                    best[pos], starts[pos], best_id[pos] = candidate, at, piece
+                if pos - at == char_len:
+                    single = True
+            if not single:
+                end = at + char_len
+                frontier = max(frontier, end)
+                candidate = np.float32(unk_score + here)
+                if starts[end] == -1 or candidate > best[end]:
+                    best[end], starts[end], best_id[end] = candidate, at, unk_id
+            at += char_len
+        # back from the end, then forward, merging neighbouring unknown pieces
+        steps = 0
+        end = size
+        while end > 0:
+            path[steps] = end
+            steps += 1
+            end = starts[end]
+        prev_unknown = False
+        for k in range(steps - 1, -1, -1):
+            stop = path[k]
+            begin = starts[stop]
+            piece = best_id[stop]
+            is_unknown = piece == unk_id
+            if not (is_unknown and prev_unknown):
+                ids[n_ids] = piece
+                n_ids += 1
+                if is_unknown:
+                    n_unknown += 1
+                    unknown_bounds[n_unknown] = unknown_bounds[n_unknown - 1]
+            if is_unknown:
+                length = stop - begin
+                offset = unknown_bounds[n_unknown]
+                unknown[offset : offset + length] = work[begin:stop]
+                unknown_bounds[n_unknown] = offset + length
+            prev_unknown = is_unknown
+        line_ends[line] = n_ids
+    unknown = unknown[: unknown_bounds[n_unknown]].copy()
+    return ids[:n_ids].copy(), line_ends, unknown_bounds[: n_unknown + 1].copy(), unknown
+
+
+@njit(cache=True, nogil=True)
+def joined_pieces(ids, line_ends, unknown, unknown_bounds, piece_bytes, piece_bounds, unk_id):  # noqa: ANN001, ANN201
+    """Each line's pieces joined by spaces, as UTF-8 bytes back to back, with each line's end
+    offset: the strings KenLM's Python module scores."""
+    size = 0
+    for i in range(len(ids)):
+        size += piece_bounds[ids[i] + 1] - piece_bounds[ids[i]] + 1
+    out = np.empty(size + len(unknown), dtype=np.uint8)
+    ends = np.empty(len(line_ends), dtype=np.int64)
+    n = 0
+    k = 0
+    u = 0
+    for line in range(len(line_ends)):
+        first = True
+        while k < line_ends[line]:
+            if not first:
+                out[n] = 32
+                n += 1
+            first = False
+            piece = ids[k]
+            if piece == unk_id:
+                a, b = unknown_bounds[u], unknown_bounds[u + 1]
+                u += 1
+                out[n : n + b - a] = unknown[a:b]
+            else:
+                a, b = piece_bounds[piece], piece_bounds[piece + 1]
+                out[n : n + b - a] = piece_bytes[a:b]
+            n += b - a
+            k += 1
+        ends[line] = n
+    return out[:n], ends
