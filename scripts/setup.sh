@@ -56,11 +56,11 @@ fi
 # The sources of the PyPI kenlm package (the version the venv's kenlm module is), unpacked in $1;
 # prints their folder.
 KENLM_SDIST_SHA256=c4628bb9fb63c8a6f9240035b8b037385cfc404cb72e933cf48878291edac1e8
-kenlm_source() {
-  "$VENV/bin/pip" download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$1"
-  echo "$KENLM_SDIST_SHA256  $1/kenlm-0.3.0.tar.gz" | sha256sum -c --quiet >&2
-  tar -xzf "$1/kenlm-0.3.0.tar.gz" -C "$1"
-  echo "$1/kenlm-0.3.0"
+kenlm_source() {  # `&&`: errexit does not reach into $(...)
+  "$VENV/bin/pip" download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$1" &&
+    echo "$KENLM_SDIST_SHA256  $1/kenlm-0.3.0.tar.gz" | sha256sum -c --quiet >&2 &&
+    tar -xzf "$1/kenlm-0.3.0.tar.gz" -C "$1" &&
+    echo "$1/kenlm-0.3.0"
 }
 if [ ! -x "$KENLM_CACHE/bin/lmplz" ] || [ ! -x "$KENLM_CACHE/bin/build_binary" ]; then
   step "building lmplz and build_binary into $KENLM_CACHE (about 2 minutes)"

@@ -23,10 +23,6 @@ from curate.normalize import DocumentLines
 DATA = Path(__file__).resolve().parent.parent / "data"
 OOV = ["qqzzxq", "▁notawordzz", "<S>", "", "ä" * 40]  # no model here holds these
 
-pytestmark = pytest.mark.skipif(
-    not kenlm_ids.library_path().is_file(), reason="curate/kenlm_ids.cc is not built: run `make setup`"
-)
-
 
 @pytest.fixture(scope="module")
 def lines() -> list[str]:
