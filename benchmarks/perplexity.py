@@ -27,10 +27,14 @@ import contextlib
 import gzip
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import kenlm
@@ -112,52 +116,144 @@ def kenlm_only(model_dirs: list[Path], copies: int) -> float:
 
 
 def curate_run(
-    tmp: Path, corpus: Path, stage: dict, workers: int | None, tag: str
-) -> tuple[float, pl.DataFrame, dict[str, list[float]]]:
-    """`curate run` of one stage over the corpus in a fresh process; (seconds, every output row,
-    CPU seconds by process as `process_cpu` gives them)."""
+    tmp: Path,
+    corpus: Path,
+    stage: dict,
+    workers: int | None,
+    tag: str,
+    ray: LocalRay | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[float, pl.DataFrame, Usage]:
+    """`curate run` of one stage over the corpus in a fresh process (with `env` added to its
+    environment), on its own embedded Ray or, with `ray`, joining that long-lived one
+    (`--address`); (seconds, every output row, CPU use)."""
     out = tmp / f"out-{tag}"
     job = tmp / f"job-{tag}.yaml"
     spec = {"name": "bench", "inputs": [{"path": str(corpus)}], "shard_docs": 2000, "batch_docs": 256}
     spec |= {"max_doc_bytes": 10_000_000, "stages": [stage]} | ({"workers": workers} if workers else {})
     job.write_text(json.dumps(spec))
     log = tmp / f"log-{tag}.txt"
+    command = [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(out)]
+    command += ["--address", ray.address] if ray else []
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (ray.env if ray else {}) | (env or {})
     t0 = time.perf_counter()
     with open(log, "w") as output:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "curate.cli", "run", str(job), "--out", str(out)], stdout=output, stderr=output
-        )
-        cpu = process_cpu(proc)
+        proc = subprocess.Popen(command, stdout=output, stderr=output, env=env)
+        usage = process_cpu(proc, ray.head if ray else None)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(log.read_text()[-6000:])
     parts = [pl.read_parquet(p) for part in ("kept", "rejected") for p in sorted((out / part).glob("*.parquet"))]
     rows = pl.concat(parts, how="diagonal")  # rejected rows have reject_stage and reject_reason too
-    return seconds, rows, cpu
+    return seconds, rows, usage
 
 
-def process_cpu(proc: subprocess.Popen, interval: float = 0.5) -> dict[str, list[float]]:
+class LocalRay:
+    """A one-node Ray started once with `ray start --head` on 127.0.0.1 (own ports and temp dir,
+    the dashboard as `ray start` has it by default, for `ray job submit`), the long-lived Ray that
+    `curate run --address` joins; stopped with its process group on `close`, whatever happened."""
+
+    def __init__(self, cpus: int, tmp: Path):
+        ports = [_free_port() for _ in range(9)]
+        names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")
+        names += ("metrics-export-port", "node-manager-port", "object-manager-port", "ray-client-server-port")
+        self.address = f"127.0.0.1:{ports[0]}"
+        # token authentication off, as the test cluster has it (tests/test_ray_job_submit.py)
+        self.env = {"RAY_AUTH_MODE": "disabled"}
+        command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={cpus}"]
+        command += ["--node-ip-address=127.0.0.1", f"--port={ports[0]}", "--dashboard-host=127.0.0.1"]
+        command += [f"--dashboard-port={ports[1]}", "--disable-usage-stats", f"--temp-dir={tmp / 'ray'}"]
+        command += [f"--{name}={port}" for name, port in zip(names, ports[2:], strict=True)]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | self.env
+        self.proc = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.head = psutil.Process(self.proc.pid)
+        try:
+            said = []
+            while "Ray runtime started" not in (line := self.proc.stdout.readline()):
+                said.append(line)
+                if not line and self.proc.poll() is not None:
+                    raise RuntimeError(f"ray start failed: {''.join(said)[-3000:]}")
+            threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep its pipe drained
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> LocalRay:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Usage:
+    """CPU seconds of a run: by role (`process_cpu`), and the whole machine's over the run's window
+    (every process on it: others' load included, so meaningful on a quiet machine only)."""
+
+    roles: dict[str, list[float]]
+    machine: float
+
+
+def process_cpu(proc: subprocess.Popen, cluster: psutil.Process | None = None, interval: float = 0.5) -> Usage:
     """CPU seconds (user + system) of every process of a run until it ends, by role: the driver,
     Ray's worker processes by what they ran (`ReadShard`, `MapWorker`, Ray Data's own actors),
-    Ray's daemons. Sampled every `interval` s, so a process that ends loses its last interval."""
+    Ray's daemons. With `cluster` (a long-lived Ray's `ray start` process), its processes are
+    outside the run's tree: what they used from the run's start on is counted with the run's.
+    Sampled every `interval` s, so a process that ends loses its last interval."""
     root = psutil.Process(proc.pid)
+    machine0 = _machine_cpu()
+    before = {p.pid: cpu for p, cpu in _tree_cpu(cluster)} if cluster else {}
     seen: dict[int, tuple[str, float]] = {}
     while proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            for p in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    cpu = sum(p.cpu_times()[:2])
-                    role = "driver" if p.pid == proc.pid else _role(p.cmdline())
-                    # a worker's title changes as it works (ray::IDLE, then a task or an actor): keep the last
-                    if role != "IDLE" or p.pid not in seen:
-                        seen[p.pid] = (role, cpu)
-                    else:
-                        seen[p.pid] = (seen[p.pid][0], cpu)
+        trees = [*_tree_cpu(root), *(_tree_cpu(cluster) if cluster else [])]
+        for p, cpu in trees:
+            with contextlib.suppress(psutil.Error):
+                role = "driver" if p.pid == proc.pid else _role(p.cmdline())
+                cpu -= before.get(p.pid, 0.0)
+                # a worker's title changes as it works (ray::IDLE, then a task or an actor): keep the last
+                if role != "IDLE" or p.pid not in seen:
+                    seen[p.pid] = (role, cpu)
+                else:
+                    seen[p.pid] = (seen[p.pid][0], cpu)
         time.sleep(interval)
+    machine = _machine_cpu() - machine0
     roles: dict[str, list[float]] = {}
     for role, cpu in seen.values():
         roles.setdefault(role, []).append(cpu)
-    return roles
+    return Usage(roles, machine)
+
+
+def _tree_cpu(root: psutil.Process) -> list[tuple[psutil.Process, float]]:
+    """(process, its CPU seconds so far) for `root` and every process below it that still runs."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                found.append((p, sum(p.cpu_times()[:2])))
+    return found
+
+
+def _machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far, all cores (every state but idle and iowait)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _role(cmdline: list[str]) -> str:
@@ -165,19 +261,36 @@ def _role(cmdline: list[str]) -> str:
     line = " ".join(cmdline)
     if line.startswith("ray::"):  # e.g. ray::MapWorker(StageActor).__call__, ray::AutoscalingCoordinator:...
         return line.split()[0].removeprefix("ray::").split("(")[0].split(".")[0].split(":")[0]
-    for daemon in ("gcs_server", "raylet", "dashboard.py", "log_monitor", "monitor.py", "ray_watchdog"):
+    for daemon in DAEMONS:
         if daemon in line:
-            return daemon
+            return DAEMONS[daemon]
     return Path(cmdline[0]).name if cmdline else "?"
 
 
-def print_cpu(roles: dict[str, list[float]]) -> None:
+# Ray's daemons by a part of their command line (ray/_private/services.py starts them), and curate's watchdog
+DAEMONS = {
+    "gcs_server": "gcs_server",
+    "raylet": "raylet",
+    "dashboard/agent.py": "dashboard agent",
+    "dashboard.py": "dashboard (API server)",
+    "runtime_env/agent": "runtime-env agent",
+    "log_monitor": "log_monitor",
+    "monitor.py": "autoscaler monitor",
+    "ray_watchdog": "ray_watchdog",
+    "ray start": "ray start",
+}
+
+
+def print_cpu(usage: Usage, ray: LocalRay | None = None) -> None:
     """One line under a curate row: where its CPU seconds went, by process."""
+    roles = usage.roles
     parts = [
         f"{role} {sum(cpus):.1f}" + (f" (x{len(cpus)})" if len(cpus) > 1 else "")
         for role, cpus in sorted(roles.items(), key=lambda item: -sum(item[1]))
     ]
-    print(f"    {sum(map(sum, roles.values())):.1f} CPU s by process: {', '.join(parts)}")
+    whose = "the driver and the cluster's processes over the run" if ray else "the run's process tree"
+    print(f"    {sum(map(sum, roles.values())):.1f} CPU s by process ({whose}): {', '.join(parts)}")
+    print(f"    the whole machine over the run: {usage.machine:.1f} CPU s (anyone else's load included)")
     sys.stdout.flush()
 
 
@@ -204,9 +317,18 @@ def train_models(tmp: Path, stages: list[str]) -> dict[str, Path]:
     return dirs
 
 
-def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies: int, size: tuple[int, int]) -> None:
-    """Time the four ways over the corpus for one stage, check curate's scores, print each row
-    as it is measured: docs/s, MB/s, MB/s per core, and the ratio to the plain loop (per core)."""
+def stage_rows(
+    name: str,
+    corpus: Path,
+    tmp: Path,
+    dirs: dict[str, Path],
+    copies: int,
+    size: tuple[int, int],
+    ray: LocalRay | None = None,
+) -> None:
+    """Time the four ways over the corpus for one stage (curate on its own Ray, and with `ray` on
+    that long-lived one as well), check curate's scores, print each row as it is measured: docs/s,
+    MB/s, MB/s per core, and the ratio to the plain loop (per core)."""
     if name == "perplexity":
         models = [dirs["wiki"]]
         stage = {"perplexity": {"model": str(dirs["wiki"])}}
@@ -234,11 +356,14 @@ def stage_rows(name: str, corpus: Path, tmp: Path, dirs: dict[str, Path], copies
     t0 = time.perf_counter()
     baseline = ccnet_loop(corpus, models)
     row("plain CCNet loop (1 process)", time.perf_counter() - t0, 1)
-    for workers, label in ((1, "curate run, 1 worker"), (None, f"curate run, {cores} workers")):
-        seconds, out, cpu = curate_run(tmp, corpus, stage, workers, f"{name}-{workers}")
-        check_scores(f"{name} ({label})", baseline, out, column, value)
-        row(label + " (Ray start-up incl.)", seconds, workers or cores)
-        print_cpu(cpu)
+    ways = [(None, "(Ray start-up incl.)"), *([(ray, "--address (Ray running)")] if ray else [])]
+    for on, how in ways:
+        for workers, label in ((1, "curate run, 1 worker"), (None, f"curate run, {cores} workers")):
+            tag = f"{name}-{workers}-{'address' if on else 'own'}"
+            seconds, out, usage = curate_run(tmp, corpus, stage, workers, tag, on)
+            check_scores(f"{name} ({label} {how})", baseline, out, column, value)
+            row(f"{label} {how}", seconds, workers or cores)
+            print_cpu(usage, on)
     row("KenLM only, pre-tokenised (1 process)", kenlm_only(models, copies), 1)
 
 
@@ -295,26 +420,44 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=20)
     parser.add_argument("--stages", default="perplexity,harmful", help="comma-separated: perplexity, harmful")
     parser.add_argument("--profile-only", action="store_true", help="print where the time goes and stop")
+    parser.add_argument("--no-address", action="store_true", help="skip the rows of runs on a long-lived Ray")
     args = parser.parse_args()
     stages = args.stages.split(",")
     if args.profile_only:
         with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
             where_time_goes(train_models(Path(tmp_name), ["perplexity"])["wiki"])
         return
-    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         corpus = tmp / "corpus.jsonl"
         n, size = make_corpus(corpus, args.copies)
         dirs = train_models(tmp, stages)
         print(f"corpus: {n} documents, {size / 1e6:.1f} MB of text; {os.cpu_count()} cores; models: order 5")
         where_time_goes(dirs["wiki"] if "wiki" in dirs else dirs["harmful"])
+        ray = None if args.no_address else stack.enter_context(LocalRay(os.cpu_count() or 1, tmp))
+        if ray:
+            warm_up(ray, tmp, dirs)
         for name in stages:
-            stage_rows(name, corpus, tmp, dirs, args.copies, (n, size))
+            stage_rows(name, corpus, tmp, dirs, args.copies, (n, size), ray)
         t0 = time.perf_counter()
         assert langid_loop(corpus) == n
         t_langid = time.perf_counter() - t0
         mb = size / 1e6 / t_langid
         print(f"\nlangid stage alone (1 process): {t_langid:.1f}s, {n / t_langid:.0f} docs/s, {mb:.2f} MB/s")
+
+
+def warm_up(ray: LocalRay, tmp: Path, dirs: dict[str, Path]) -> None:
+    """A first small run on the long-lived Ray: it creates Ray Data's actors (`_StatsActor`,
+    `AutoscalingCoordinator`, `ActorLocationTracker`), which are detached and serve every later
+    run, so the rows measure runs on a Ray already in use."""
+    corpus = tmp / "warm-up.jsonl"
+    with open(corpus, "w", encoding="utf-8") as out:
+        for i in range(50):
+            out.write(json.dumps({"id": f"w{i}", "text": f"warm up line {i}\nand another"}) + "\n")
+    model = dirs.get("wiki") or dirs["harmful"]
+    seconds, _, usage = curate_run(tmp, corpus, {"perplexity": {"model": str(model)}}, 1, "warm-up", ray)
+    print(f"\nlong-lived Ray at {ray.address}; its first run (50 documents, creates Ray Data's actors): {seconds:.1f}s")
+    print_cpu(usage, ray)
 
 
 def langid_loop(corpus: Path) -> int:
