@@ -33,6 +33,8 @@ class IdScorerUnavailable(RuntimeError):
 def library_path() -> Path:
     """Where `make setup` puts the compiled kenlm_ids.cc: named by the source's hash, so an edited
     source is never run through a stale build."""
+    if not SOURCE.is_file():
+        raise IdScorerUnavailable(f"{SOURCE} is missing: install curate from its source tree and run `make setup`")
     return CACHE / f"kenlm_ids-{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}.so"
 
 

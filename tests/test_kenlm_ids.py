@@ -179,5 +179,8 @@ def test_unbuilt_library_is_reported(monkeypatch, tmp_path):
     try:
         with pytest.raises(IdScorerUnavailable, match=r"kenlm_ids-[0-9a-f]{12}\.so is not built: run `make setup`"):
             IdScorer(tmp_path / "lm.binary")
+        monkeypatch.setattr(kenlm_ids, "SOURCE", tmp_path / "kenlm_ids.cc")
+        with pytest.raises(IdScorerUnavailable, match=r"kenlm_ids\.cc is missing"):
+            IdScorer(tmp_path / "lm.binary")
     finally:
         kenlm_ids._library.cache_clear()
