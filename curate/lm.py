@@ -28,6 +28,7 @@ import sentencepiece as spm
 from curate import remote_dirs, storage
 from curate.atomic import write_text
 from curate.documents import expand_inputs, read_texts
+from curate.kenlm_ids import IdScorer, IdScorerUnavailable
 from curate.normalize import DocumentLines, normalize, normalize_reference
 from curate.pieces import PieceEncoder
 from curate.splits import split_of
@@ -85,18 +86,43 @@ class LanguageModel:
         self.sp = self.encoder.sp
         self.kenlm = kenlm.Model(str(self.dir / KENLM_BINARY))
         self._empty_line = self.kenlm.score("", bos=True, eos=True)
+        self.ids = self._id_scorer()
+
+    def _id_scorer(self) -> IdScorer | None:
+        """KenLM scoring of piece ids (curate/kenlm_ids.py), when the compiled search gives ids and
+        the shim is built; else None, and lines are scored as strings by the `kenlm` module."""
+        pieces = self.encoder.piece_table()
+        if pieces is None or any(len(p.split()) != 1 for p in pieces):  # the module would split such a piece
+            return None
+        try:
+            scorer = IdScorer(self.dir / KENLM_BINARY)
+        except IdScorerUnavailable:
+            return None
+        self._word_of_piece = scorer.word_ids(pieces)
+        return scorer
 
     def score_lines(self, lines: DocumentLines) -> tuple[np.ndarray, np.ndarray]:
         """Per document: (sum of log10 probabilities, tokens including one </s> per line). Each
         distinct line is scored once; the sums add a document's lines in order, then its empty
         lines, in float64 as `score_reference` does, so the results are the same floats."""
-        texts, counts = self.encoder.encode(lines.distinct)
-        line_scores = np.fromiter(map(self.kenlm.score, texts), dtype=np.float64, count=len(texts))
-        lengths = np.array(counts, dtype=np.int64)
+        line_scores, lengths = self._line_scores(lines.distinct)
         n = len(lines)
         sums = np.bincount(lines.doc, weights=line_scores[lines.line], minlength=n)
         tokens = np.bincount(lines.doc, weights=lengths[lines.line] + 1, minlength=n).astype(np.int64)
         return sums + lines.empty * self._empty_line, tokens + lines.empty
+
+    def _line_scores(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per line: KenLM's log10 probability (float32 values, as the module returns them) and
+        the number of pieces."""
+        segmented = self.encoder.segment(lines) if self.ids is not None else None
+        if segmented is None or not segmented.whole_unknowns():
+            texts, counts = self.encoder.encode(lines)
+            return np.fromiter(map(self.kenlm.score, texts), dtype=np.float64, count=len(texts)), counts
+        words = self._word_of_piece[segmented.ids]
+        unknown = np.flatnonzero(segmented.ids == self.encoder.unigram.unk_id)
+        if len(unknown):
+            words[unknown] = self.ids.word_ids(segmented.unknown_texts())
+        return self.ids.score(words, segmented.line_ends).astype(np.float64), segmented.counts()
 
     def score_many(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """`score_lines` of the texts: (log10 sums, token counts), one per text."""

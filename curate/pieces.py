@@ -18,7 +18,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from curate.unigram import Unigram, joined_pieces
+from curate.unigram import Segmented, Unigram, joined_pieces
 
 # SentencePiece normalisers that leave printable ASCII as it is (NFKC maps no ASCII character;
 # the nmt_ variants only control characters, which CCNet normalisation has already removed)
@@ -40,21 +40,33 @@ class PieceEncoder:
         suffix = proto.trainer_spec.treat_whitespace_as_suffix
         self.raw_ascii = spec.name in ASCII_IDENTITY and usual and not suffix
         self.normalizer = spm.SentencePieceNormalizer(model_file=str(model_file))
-        pieces = [p.piece.encode() for p in proto.pieces]
+        self.pieces = [p.piece.encode() for p in proto.pieces]
+        pieces = self.pieces
         self.piece_bytes = np.frombuffer(b"".join(pieces), dtype=np.uint8)
         self.piece_bounds = np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
 
-    def encode(self, lines: list[str]) -> tuple[list[bytes] | list[str], np.ndarray]:
-        """Per line, its pieces joined by spaces (what KenLM scores, as UTF-8 bytes, or str from
-        the reference call) and their number."""
+    def piece_table(self) -> list[bytes] | None:
+        """Each piece id's text, when `segment` gives ids."""
+        return self.pieces if self.unigram is not None else None
+
+    def segment(self, lines: list[str]) -> Segmented | None:
+        """The pieces of the lines as ids, by the compiled search; None for a model it does not
+        reproduce."""
         if self.unigram is None:
-            pieces = self.sp.encode(lines, out_type=str)
-            return [" ".join(p) for p in pieces], np.array([len(p) for p in pieces], dtype=np.int64)
+            return None
         raw = [self.raw_ascii and line.isascii() and line.isprintable() for line in lines]
         data = [line.encode() if r else self.normalizer.normalize(line).encode() for line, r in zip(lines, raw)]
         bounds = np.cumsum([0] + [len(d) for d in data], dtype=np.int64)
         buf = np.frombuffer(b"".join(data), dtype=np.uint8)
-        segmented = self.unigram.encode(buf, bounds, np.array(raw, dtype=bool))
+        return self.unigram.encode(buf, bounds, np.array(raw, dtype=bool))
+
+    def encode(self, lines: list[str]) -> tuple[list[bytes] | list[str], np.ndarray]:
+        """Per line, its pieces joined by spaces (what KenLM scores, as UTF-8 bytes, or str from
+        the reference call) and their number."""
+        segmented = self.segment(lines)
+        if segmented is None:
+            pieces = self.sp.encode(lines, out_type=str)
+            return [" ".join(p) for p in pieces], np.array([len(p) for p in pieces], dtype=np.int64)
         out, ends = joined_pieces(
             segmented.ids,
             segmented.line_ends,

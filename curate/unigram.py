@@ -41,13 +41,12 @@ class Unigram:
     """A unigram model's pieces as arrays for the compiled search: a double-array trie of the
     pieces' bytes (as SentencePiece's own: from node `s`, byte `c` leads to `t = base[s] + c` when
     `check[t] == s`; a few hundred KB, so a walk stays in cache), the piece each node completes,
-    and the pieces' scores."""
+    and its score, side by side so that a walk reads neighbouring memory."""
 
     base: np.ndarray  # int32 per node
     check: np.ndarray  # int32 per node: its parent, -1 for a free slot
-    node_piece: np.ndarray  # int32 per node: the piece id it completes, -1 for none
-    usable: np.ndarray  # bool per piece id: NORMAL (UNUSED pieces sit in the trie but are skipped)
-    scores: np.ndarray  # float32 per piece id
+    node_piece: np.ndarray  # int32 per node: the NORMAL piece it completes, -1 for none (UNUSED pieces are skipped)
+    node_score: np.ndarray  # float32 per node: that piece's score
     unk_id: int
     unk_score: np.float32
 
@@ -79,21 +78,16 @@ class Unigram:
         base, check, node_piece = _double_array(parent, byte, child, np.array(piece_of, dtype=np.int32))
         scores = np.array([p.score for p in proto.pieces], dtype=np.float32)
         usable = np.array([p.type == kind.NORMAL for p in proto.pieces], dtype=bool)
+        node_piece[(node_piece >= 0) & ~usable[node_piece]] = -1
+        node_score = np.where(node_piece >= 0, scores[node_piece], np.float32(0)).astype(np.float32)
         unk = [i for i, p in enumerate(proto.pieces) if p.type == kind.UNKNOWN]
-        return cls(
-            base,
-            check,
-            node_piece,
-            usable,
-            scores,
-            unk[0] if unk else 0,
-            np.float32(scores[usable].min()) - UNK_PENALTY,
-        )
+        min_score = np.float32(scores[usable].min())
+        return cls(base, check, node_piece, node_score, unk[0] if unk else 0, min_score - UNK_PENALTY)
 
     def encode(self, buf: np.ndarray, bounds: np.ndarray, raw: np.ndarray) -> Segmented:
         """Pieces of the lines `buf[bounds[i]:bounds[i + 1]]` (UTF-8 bytes); `raw[i]` marks a line
         that still needs SentencePiece's whitespace rules (see the module docstring)."""
-        arrays = (self.base, self.check, self.node_piece, self.usable, self.scores)
+        arrays = (self.base, self.check, self.node_piece, self.node_score)
         ids, line_ends, unk_bounds, unk_bytes = _segment(buf, bounds, raw, *arrays, self.unk_id, self.unk_score)
         return Segmented(ids, line_ends, unk_bytes, unk_bounds)
 
@@ -110,6 +104,15 @@ class Segmented:
 
     def counts(self) -> np.ndarray:
         return np.diff(self.line_ends, prepend=0)
+
+    def unknown_texts(self) -> list[bytes]:
+        data, bounds = self.unknown.tobytes(), self.unknown_bounds.tolist()
+        return [data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def whole_unknowns(self) -> bool:
+        """Whether no unknown piece holds whitespace that KenLM's module would split it at (after
+        CCNet's and SentencePiece's normalisation none does)."""
+        return not any(byte in self.unknown for byte in b" \t\n\r\x0b\x0c")
 
 
 @njit(cache=True)
@@ -197,7 +200,7 @@ def _normalized(buf: np.ndarray, start: int, stop: int, raw: bool, work: np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _segment(buf, bounds, raw, base, check, node_piece, usable, scores, unk_id, unk_score):  # noqa: ANN001, ANN202
+def _segment(buf, bounds, raw, base, check, node_piece, node_score, unk_id, unk_score):  # noqa: ANN001, ANN202
     lines = len(bounds) - 1
     longest = 0
     for i in range(lines):
@@ -240,10 +243,10 @@ def _segment(buf, bounds, raw, base, check, node_piece, usable, scores, unk_id, 
                 node = target
                 pos += 1
                 piece = node_piece[node]
-                if piece < 0 or not usable[piece]:
+                if piece < 0:
                     continue
                 frontier = max(frontier, pos)
-                candidate = np.float32(scores[piece] + here)
+                candidate = np.float32(node_score[node] + here)
                 if starts[pos] == -1 or candidate > best[pos]:
                     best[pos], starts[pos], best_id[pos] = candidate, at, piece
                 if pos - at == char_len:

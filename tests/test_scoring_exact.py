@@ -74,10 +74,13 @@ def test_pieces_equal_sentencepiece(texts, models):
 def test_scores_equal_the_reference_float_for_float(texts, models):
     """The quality model here; the harmful stage's three models in the next test."""
     model = LanguageModel(models["wiki"])
+    assert model.ids is not None, "make setup builds the KenLM id scorer (curate/kenlm_ids.cc)"
     sums, tokens = model.score_many(texts)
     reference = [score_reference(model, text) for text in texts]
     assert sums.tolist() == [s for s, _ in reference]
     assert tokens.tolist() == [n for _, n in reference]
+    model.ids = None  # the `kenlm` module's string path, taken where the shim is not built
+    assert model.score_many(texts)[0].tolist() == sums.tolist()
     ref_sums, ref_tokens = (np.array(column) for column in zip(*reference, strict=True))
     assert perplexity(sums, tokens).tolist() == perplexity(ref_sums, ref_tokens).tolist()
 
