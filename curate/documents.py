@@ -8,6 +8,9 @@ mark at the start of a file is skipped, as most JSON readers do.
 Inputs may be local paths or object-store URLs (`s3://bucket/prefix/*.jsonl.gz`): every file
 operation goes through `curate.storage`, on the driver and in Ray's read tasks alike.
 
+A shard of a JSON Lines file is read from the byte where it starts, noted while planning (a
+`.gz` through a seek index), not by reading the file up to it.
+
 A damaged file (a truncated or fake `.gz`, a Parquet file that will not open) does not stop a job:
 the records before the damage are read as usual, and the unreadable rest of the file becomes one
 more quarantined record that names the file and the line (or row) where reading failed.
@@ -146,7 +149,7 @@ def _lines(
 @contextlib.contextmanager
 def _open_at(path: Location, offset: int, gz_index: bytes | None) -> Iterator[IO[bytes]]:
     """The file's (gunzipped) data from byte `offset`: a plain file seeks there; a .gz starts at
-    the seek point of its index before it, or without one decompresses from the start."""
+    the seek point of its index before it, or without one decompresses up to it from the start."""
     if gz_index is None:
         with storage.open_input(path) as f:
             if offset:
@@ -208,7 +211,8 @@ def index_gz_shards(
 ) -> list[ShardSpec]:
     """The shards, those of a .gz that start at an offset with a seek index of their file, written
     to `index_dir` (where every read task can reach it: the run's work folder), so that a shard
-    does not decompress the whole file before it."""
+    does not decompress the whole file before it. An index is named by its sha256: a read task
+    that finds an index by that name (even one left on its node by another run) has this one."""
     last: dict[str, int] = {}
     for spec in shards:
         if spec.offset and storage.name(spec.path).endswith(".gz"):
@@ -217,7 +221,7 @@ def index_gz_shards(
     for path, end in last.items():
         index = _gz_index(storage.as_location(path), max(min_spacing, end // GZ_INDEX_POINTS))
         if index is not None:
-            key = hashlib.sha256(path.encode()).hexdigest()[:16]
+            key = hashlib.sha256(index).hexdigest()
             indexes[path] = str(storage.join(index_dir, f"{storage.name(path)}.{key}.gzidx"))
             storage.write_bytes(indexes[path], index)
     return [dataclasses.replace(s, gz_index=indexes[s.path]) if s.path in indexes else s for s in shards]
