@@ -7,14 +7,19 @@ a harmful-only tweet model against a benign one, two models per document) it pri
 MB/s of:
 - the plain CCNet loop: one process reads the file and, per document and line, normalises (CCNet's
   step-by-step normaliser), calls SentencePiece and KenLM (cc_net's DocLM, the baseline);
-- `curate run` with 1 worker and with one worker per core (Ray start-up included);
+- `curate run` with 1 worker and with one worker per core, each on its own Ray (start-up
+  included) and then with `--address` on a long-lived local Ray (`ray start --head`, started once
+  by the benchmark after one warm-up run, stopped at the end whatever happens; `--no-address`
+  skips these rows);
 - KenLM alone on pre-tokenised lines (the limit: what is left with normalisation and SentencePiece
   free), in one process;
 per core and as ratios to the plain loop; under each curate row, the run's CPU seconds by process
 (the driver, Ray's workers by what they ran: `ReadShard`, `MapWorker`, Ray Data's own actors, and
-Ray's daemons), sampled with psutil every half second. It fails when curate's scores differ from the plain
-loop's beyond float tolerance (the loop adds every line in order, curate the empty lines last),
-or when a document is missing. The langid stage's own speed on the same corpus is printed last.
+Ray's daemons; on the long-lived Ray, what its processes used over the run), sampled with psutil
+every half second, and the whole machine's CPU seconds over the run (anyone's). It fails when
+curate's scores differ from the plain loop's beyond float tolerance (the loop adds every line in
+order, curate the empty lines last), or when a document is missing. The langid stage's own speed
+on the same corpus is printed last.
 
 The corpus is the shipped web sample (OpenWebText + Common Crawl, 1,670 documents, 7.5 MB)
 repeated `--copies` times with fresh ids.
@@ -370,8 +375,8 @@ def stage_rows(
 def where_time_goes(model_dir: Path, batch_docs: int = 256) -> None:
     """CPU seconds of each step over one copy of the sample in this process: the plain loop's steps
     (CCNet's normaliser, SentencePiece per line, KenLM per line), then curate's in batches of
-    `batch_docs` documents as a stage actor gets them (`DocumentLines.of`, `PieceEncoder.encode`,
-    KenLM per distinct line), and `score_lines` whole."""
+    `batch_docs` documents as a stage actor gets them (`DocumentLines.of`, `PieceEncoder.segment`,
+    KenLM on the distinct lines' ids), and `score_lines` whole."""
     texts = [
         json.loads(line)["text"]
         for f in sorted((REPO / "data" / "web").glob("*.jsonl.gz"))
@@ -393,12 +398,12 @@ def where_time_goes(model_dir: Path, batch_docs: int = 256) -> None:
     t = [clock()]
     doc_lines = [DocumentLines.of(batch) for batch in batches]
     t.append(clock())
-    encoded = [model.encoder.encode(d.distinct)[0] for d in doc_lines]
+    for d in doc_lines:
+        model.encoder.segment(d.distinct)
     t.append(clock())
-    for batch in encoded:
-        for p in batch:
-            model.kenlm.score(p)
-    t.append(clock())
+    for d in doc_lines:  # the KenLM step alone: the pieces again, less the time they took just above
+        model._line_scores(d.distinct)
+    t.append(clock() - (t[2] - t[1]))
     for d in doc_lines:
         model.score_lines(d)
     t.append(clock())
