@@ -63,6 +63,9 @@ _DIGIT_RE = re.compile(r"\d")
 _NON_PRINTING_RE = re.compile("[" + "".join(NON_PRINTING) + "]")
 
 
+CHANGED_CATEGORIES = ("Mn", "Nd")  # combining marks are dropped after NFD, decimal digits become "0"
+
+
 class _Table(dict):
     """Translate table for every step after NFD, filled lazily per code point. Later CCNet steps
     never see characters produced by earlier ones, so merging them is exact, provided digits win
@@ -71,9 +74,9 @@ class _Table(dict):
     def __missing__(self, code: int) -> str | None:
         ch = chr(code)
         cat = unicodedata.category(ch)
-        if cat == "Mn" or ch in _NON_PRINTING_SET:
+        if cat == CHANGED_CATEGORIES[0] or ch in _NON_PRINTING_SET:
             value = None
-        elif cat == "Nd":
+        elif cat == CHANGED_CATEGORIES[1]:
             value = "0"
         else:
             value = UNICODE_PUNCT.get(ch, ch)
@@ -82,7 +85,7 @@ class _Table(dict):
 
 
 _NON_PRINTING_SET = frozenset(NON_PRINTING)
-_TABLE = _Table()
+TABLE = _Table()
 
 
 def normalize(line: str) -> str:
@@ -93,7 +96,20 @@ def normalize(line: str) -> str:
     line = line.lower()
     if not line.isascii():
         line = unicodedata.normalize("NFD", line)
-    return line.translate(_TABLE)
+    return line.translate(TABLE)
+
+
+def normalize_lines(lines: list[str]) -> list[str]:
+    """`normalize` of each of many lines, each step after the strip run once on all of them
+    joined by line breaks. The same strings: each step maps characters on their own (lower-casing's
+    final sigma and NFD's reordering of combining marks both stop at a line break), and no step
+    makes or removes a line break."""
+    from curate.char_map import map_chars  # numba: not for the CLI's light paths
+
+    text = "\n".join([line.strip() for line in lines]).lower()
+    if not text.isascii():
+        text = unicodedata.normalize("NFD", text)
+    return map_chars(text).split("\n")
 
 
 def normalize_reference(line: str) -> str:
@@ -126,8 +142,11 @@ class DocumentLines:
         doc: list[int] = []
         line: list[int] = []
         empty: list[int] = []
-        for d, text in enumerate(texts):
-            lines = [normalize(raw) for raw in text.split("\n")]
+        split = [text.split("\n") for text in texts]
+        normalized = normalize_lines([raw for lines in split for raw in lines])
+        start = 0
+        for d, raw in enumerate(split):
+            lines, start = normalized[start : start + len(raw)], start + len(raw)
             nonempty = [index.setdefault(norm, len(index)) for norm in lines if norm]
             line += nonempty
             doc += [d] * len(nonempty)

@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate.normalize import normalize, normalize_reference
+from curate.normalize import normalize, normalize_lines, normalize_reference
 
 
 def test_ccnet_steps():
@@ -18,3 +18,13 @@ def test_ccnet_steps():
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80))
 def test_fast_path_equals_reference(text):
     assert normalize(text) == normalize_reference(text)
+
+
+# line breaks, strip and control characters, final sigma, combining marks
+LINE_EDGES = "\n\n \t\x07\x85\u2028\u00a0ΣσΑa\u0301\u0327é1٣—«"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(LINE_EDGES), max_size=120))
+def test_whole_document_equals_line_by_line(text):
+    assert normalize_lines(text.split("\n")) == [normalize_reference(line) for line in text.split("\n")]
