@@ -10,6 +10,7 @@ for each code point the first time a text holds it, line breaks kept.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 from numba import njit
@@ -19,7 +20,7 @@ KEEP, DELETE, UNSEEN = -1, -2, -3
 
 class _Table:
     """Per code point: KEEP, DELETE, the index of its replacement in `bounds`/`chars`, or UNSEEN
-    until a text holds it (then `curate.normalize.TABLE` says, as it does for str.translate)."""
+    until a text holds it (then the table passed says, as it does for str.translate)."""
 
     def __init__(self) -> None:
         self.action = np.full(sys.maxunicode + 1, UNSEEN, dtype=np.int32)
@@ -28,12 +29,10 @@ class _Table:
         self.bounds = np.zeros(1, dtype=np.int64)
         self.chars = np.zeros(0, dtype=np.uint32)
 
-    def learn(self, codes: np.ndarray) -> None:
-        from curate.normalize import TABLE
-
+    def learn(self, codes: np.ndarray, table: Mapping[int, str | None]) -> None:
         new = np.unique(codes[self.action[codes] == UNSEEN])
         for code in new.tolist():
-            value = TABLE[code]
+            value = table[code]
             if value is None:
                 self.action[code] = DELETE
             elif value == chr(code):
@@ -50,10 +49,11 @@ class _Table:
 _TABLE = _Table()
 
 
-def map_chars(text: str) -> str:
-    """`text.translate(curate.normalize.TABLE)`, line breaks kept."""
+def map_chars(text: str, table: Mapping[int, str | None]) -> str:
+    """`text.translate(table)`, line breaks kept; `table` is always `curate.normalize.TABLE`
+    (a code point's action, once learnt, is kept for the process)."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    _TABLE.learn(codes)
+    _TABLE.learn(codes, table)
     return _apply(codes, _TABLE.action, _TABLE.bounds, _TABLE.chars).tobytes().decode("utf-32-le")
 
 

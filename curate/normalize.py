@@ -109,7 +109,7 @@ def normalize_lines(lines: list[str]) -> list[str]:
     text = "\n".join([line.strip() for line in lines]).lower()
     if not text.isascii():
         text = unicodedata.normalize("NFD", text)
-    return map_chars(text).split("\n")
+    return map_chars(text, TABLE).split("\n")
 
 
 def normalize_reference(line: str) -> str:
