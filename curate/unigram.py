@@ -116,52 +116,70 @@ class Segmented:
 
 
 @njit(cache=True)
+def _free_at_or_after(next_free: np.ndarray, slot: int) -> int:
+    """The first free slot from `slot` on (`next_free` links a used slot onwards, path halving)."""
+    while next_free[slot] != slot:
+        next_free[slot] = next_free[next_free[slot]]
+        slot = next_free[slot]
+    return slot
+
+
+@njit(cache=True)
 def _double_array(parent, byte, child, piece_of):  # noqa: ANN001, ANN202
     """Place a trie (edges sorted by parent, then byte; node 0 the root) into a double array,
-    each node's children at the first base where all their slots are free, in node order."""
+    breadth first, each node's children at the first base whose slots are all free, trying only
+    bases that put the first child on a free slot; a crowded start of the array is left behind
+    once a node has tried many of its holes in vain (a little space for a build in milliseconds)."""
     nodes = len(piece_of)
-    size = 2 * nodes + 512
+    size = 4 * nodes + 1024
     base = np.zeros(size, dtype=np.int32)
     check = np.full(size, -1, dtype=np.int32)
+    next_free = np.arange(size + 1)
     slot_of = np.full(nodes, -1, dtype=np.int64)
     slot_of[0] = 0
     check[0] = 0  # the root's slot is taken
-    first_free = 1
+    next_free[0] = 1
+    search_from = 1
     edges = np.searchsorted(parent, np.arange(nodes + 1))  # node n's edges: edges[n]:edges[n + 1]
     order = np.empty(nodes, dtype=np.int64)  # nodes in breadth-first order, each placed before its children
     order[0] = 0
     placed = 1
     for k in range(nodes):
         node = order[k]
-        lo, edge = edges[node], edges[node + 1]
-        if lo == edge:
+        lo, hi = edges[node], edges[node + 1]
+        if lo == hi:
             continue
-        while check[first_free] != -1:
-            first_free += 1
-        b = max(1, first_free - byte[lo])
+        slot = _free_at_or_after(next_free, max(search_from, byte[lo] + 1))
+        tries = 0
         while True:
-            if b + 256 >= len(check):  # grow
-                more = len(check)
-                base = np.concatenate((base, np.zeros(more, dtype=np.int32)))
-                check = np.concatenate((check, np.full(more, -1, dtype=np.int32)))
+            b = slot - byte[lo]
+            if b + 256 >= size:  # grow: the new slots are free
+                base = np.concatenate((base, np.zeros(size, dtype=np.int32)))
+                check = np.concatenate((check, np.full(size, -1, dtype=np.int32)))
+                next_free = np.concatenate((next_free[:size], np.arange(size, 2 * size + 1)))
+                size *= 2
             fits = True
-            for e in range(lo, edge):
+            for e in range(lo + 1, hi):
                 if check[b + byte[e]] != -1:
                     fits = False
                     break
             if fits:
                 break
-            b += 1
+            tries += 1
+            if tries == 256:
+                search_from = slot
+            slot = _free_at_or_after(next_free, slot + 1)
         here = slot_of[node]
         base[here] = b
-        for e in range(lo, edge):
-            slot = b + byte[e]
-            check[slot] = here
-            slot_of[child[e]] = slot
+        for e in range(lo, hi):
+            taken = b + byte[e]
+            check[taken] = here
+            next_free[taken] = taken + 1
+            slot_of[child[e]] = taken
             order[placed] = child[e]
             placed += 1
     used = 0
-    for i in range(len(check)):
+    for i in range(size):
         if check[i] != -1:
             used = i
     size = used + 257  # every base + byte of a walk stays inside
