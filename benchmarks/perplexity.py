@@ -32,7 +32,6 @@ import contextlib
 import gzip
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import sentencepiece as spm
 from curate import lm
 from curate.langid import LangidConfig, LangidStage
 from curate.normalize import DocumentLines, normalize_reference
+from curate.processes import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 DAVIDSON = str(REPO / "data" / "harmful" / "davidson_hate_offensive.jsonl.gz")
@@ -186,13 +186,7 @@ class LocalRay:
             raise
 
     def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, timeout=30)
 
     def __enter__(self) -> LocalRay:
         return self

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from curate.processes import stop_group
 
 from .conftest import REPO
 
@@ -77,11 +78,7 @@ def cluster():
             time.sleep(1)
         yield address, env, f"127.0.0.1:{gcs}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head, timeout=30)
 
 
 def test_demo_job_through_ray_job_submit(cluster, tmp_path):

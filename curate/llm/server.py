@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from curate.local_model import GEMMA_NAME, gemma_path
+from curate.processes import stop_group
 from curate.ray_runtime import command_log
 
 
@@ -95,12 +96,7 @@ class LocalServer:
         if self.process.poll() is not None:
             self._report_death()
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process, timeout=15)
 
     def _report_death(self) -> None:
         """A server that died under the job turns every request into a per-document error; say so
