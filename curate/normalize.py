@@ -63,9 +63,6 @@ _DIGIT_RE = re.compile(r"\d")
 _NON_PRINTING_RE = re.compile("[" + "".join(NON_PRINTING) + "]")
 
 
-CHANGED_CATEGORIES = ("Mn", "Nd")  # combining marks are dropped after NFD, decimal digits become "0"
-
-
 class _Table(dict):
     """Translate table for every step after NFD, filled lazily per code point. Later CCNet steps
     never see characters produced by earlier ones, so merging them is exact, provided digits win
@@ -74,9 +71,9 @@ class _Table(dict):
     def __missing__(self, code: int) -> str | None:
         ch = chr(code)
         cat = unicodedata.category(ch)
-        if cat == CHANGED_CATEGORIES[0] or ch in _NON_PRINTING_SET:
+        if cat == "Mn" or ch in _NON_PRINTING_SET:
             value = None
-        elif cat == CHANGED_CATEGORIES[1]:
+        elif cat == "Nd":
             value = "0"
         else:
             value = UNICODE_PUNCT.get(ch, ch)

@@ -18,7 +18,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from curate.unigram import Segmented, Unigram, joined_pieces
+from curate.unigram import Segmented, Unigram, byte_slices, joined_pieces
 
 # SentencePiece normalisers that leave printable ASCII as it is (NFKC maps no ASCII character;
 # the nmt_ variants only control characters, which CCNet normalisation has already removed)
@@ -30,20 +30,19 @@ class PieceEncoder:
 
     def __init__(self, model_file: Path):
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file), num_threads=1)
-        self.unigram = Unigram.of(model_file)
-        if self.unigram is None:
-            return
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(Path(model_file).read_bytes())
+        self.unigram = Unigram.of(proto)
+        if self.unigram is None:
+            return
         spec = proto.normalizer_spec
         usual = spec.add_dummy_prefix and spec.remove_extra_whitespaces and spec.escape_whitespaces
         suffix = proto.trainer_spec.treat_whitespace_as_suffix
         self.raw_ascii = spec.name in ASCII_IDENTITY and usual and not suffix
         self.normalizer = spm.SentencePieceNormalizer(model_file=str(model_file))
         self.pieces = [p.piece.encode() for p in proto.pieces]
-        pieces = self.pieces
-        self.piece_bytes = np.frombuffer(b"".join(pieces), dtype=np.uint8)
-        self.piece_bounds = np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
+        self.piece_bytes = np.frombuffer(b"".join(self.pieces), dtype=np.uint8)
+        self.piece_bounds = np.cumsum([0] + [len(p) for p in self.pieces], dtype=np.int64)
 
     def piece_table(self) -> list[bytes] | None:
         """Each piece id's text, when `segment` gives ids."""
@@ -76,6 +75,4 @@ class PieceEncoder:
             self.piece_bounds,
             self.unigram.unk_id,
         )
-        joined = out.tobytes()
-        ends = ends.tolist()
-        return [joined[a:b] for a, b in zip([0] + ends[:-1], ends)], segmented.counts()
+        return byte_slices(out, np.concatenate(([0], ends))), segmented.counts()

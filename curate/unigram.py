@@ -12,8 +12,8 @@ tie), an unknown character scores the lowest piece score minus 10, and running s
 +-1e5 are shifted back to 0 as SentencePiece does on very long lines. Afterwards, as
 `SentencePieceProcessor` does, neighbouring unknown pieces merge into one. Unused pieces are in the
 trie but never chosen; models with user-defined symbols or byte fallback are not taken (`Unigram.of`
-returns None) and keep SentencePiece's own call. tests/test_unigram.py checks equality with
-`sp.encode` on every shipped line.
+returns None) and keep SentencePiece's own call. tests/test_scoring_exact.py checks equality with
+`sp.encode` on the shipped data.
 
 Lines come normalised by SentencePiece's normaliser, or, for printable ASCII under a model whose
 normaliser leaves such text as it is, raw: the kernel then applies the whitespace rules itself
@@ -23,13 +23,11 @@ normaliser leaves such text as it is, raw: the kernel then applies the whitespac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numba import njit
 from sentencepiece import sentencepiece_model_pb2
 
-SPACE = "\u2581".encode()  # SentencePiece's whitespace mark, 3 bytes in UTF-8
 UNK_PENALTY = np.float32(10.0)  # below the lowest piece score, as SentencePiece scores an unknown character
 SCORE_RESET = np.float32(100000.0)
 # bytes of a UTF-8 character from its first byte's high nibble (SentencePiece's OneCharLen)
@@ -51,10 +49,8 @@ class Unigram:
     unk_score: np.float32
 
     @classmethod
-    def of(cls, model_file: Path | str) -> Unigram | None:
+    def of(cls, proto: sentencepiece_model_pb2.ModelProto) -> Unigram | None:
         """The arrays of a unigram model; None for a model the kernel does not reproduce."""
-        proto = sentencepiece_model_pb2.ModelProto()
-        proto.ParseFromString(Path(model_file).read_bytes())
         kind = sentencepiece_model_pb2.ModelProto.SentencePiece
         if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
             return None
@@ -92,6 +88,12 @@ class Unigram:
         return Segmented(ids, line_ends, unk_bytes, unk_bounds)
 
 
+def byte_slices(data: np.ndarray, bounds: np.ndarray) -> list[bytes]:
+    """`data[bounds[i]:bounds[i + 1]]` for each i, as bytes."""
+    whole, cuts = data.tobytes(), bounds.tolist()
+    return [whole[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 @dataclass(frozen=True)
 class Segmented:
     """Piece ids of many lines back to back. An unknown piece (merged, as SentencePiece outputs
@@ -106,8 +108,7 @@ class Segmented:
         return np.diff(self.line_ends, prepend=0)
 
     def unknown_texts(self) -> list[bytes]:
-        data, bounds = self.unknown.tobytes(), self.unknown_bounds.tolist()
-        return [data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return byte_slices(self.unknown, self.unknown_bounds)
 
     def whole_unknowns(self) -> bool:
         """Whether no unknown piece holds whitespace that KenLM's module would split it at (after
