@@ -83,6 +83,7 @@ class _Table(dict):
 
 _NON_PRINTING_SET = frozenset(NON_PRINTING)
 TABLE = _Table()
+CAPITAL_SIGMA = 0x3A3
 
 
 def normalize(line: str) -> str:
@@ -97,16 +98,26 @@ def normalize(line: str) -> str:
 
 
 def normalize_lines(lines: list[str]) -> list[str]:
-    """`normalize` of each of many lines, each step after the strip run once on all of them
-    joined by line breaks. The same strings: each step maps characters on their own (lower-casing's
-    final sigma and NFD's reordering of combining marks both stop at a line break), and no step
-    makes or removes a line break."""
-    from curate.char_map import map_chars  # numba: not for the CLI's light paths
+    """`normalize` of each of many lines: after the strip, one compiled pass over all of them
+    joined by line breaks maps each character to its `normalized_char` (no step makes or removes
+    a line break); the few lines where a character's neighbours matter take `normalize`."""
+    from curate.char_map import map_lines  # numba: not for the CLI's light paths
 
-    text = "\n".join([line.strip() for line in lines]).lower()
-    if not text.isascii():
-        text = unicodedata.normalize("NFD", text)
-    return map_chars(text, TABLE).split("\n")
+    stripped = [line.strip() for line in lines]
+    mapped, flagged = map_lines("\n".join(stripped), normalized_char)
+    for i in flagged:
+        mapped[i] = normalize(stripped[i])
+    return mapped
+
+
+def normalized_char(code: int) -> str | None:
+    """A character after every CCNet step but the strip, or None where its neighbours matter: a
+    capital sigma (lower-cased by whether it ends a word), and characters that keep a combining
+    mark after normalisation (NFD orders neighbouring marks)."""
+    if code == CAPITAL_SIGMA:
+        return None
+    text = unicodedata.normalize("NFD", chr(code).lower()).translate(TABLE)
+    return None if any(unicodedata.combining(c) for c in text) else text
 
 
 def normalize_reference(line: str) -> str:
