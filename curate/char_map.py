@@ -2,10 +2,10 @@
 control characters) as one compiled pass over many lines at once.
 
 Each of these steps maps characters on their own, so their chain is a table from a code point to
-its normalised text; a batch of lines goes through it in one call as UTF-32. Two things depend on
-a character's neighbours: lower-casing a capital sigma (final or not) and NFD's reordering of the
-combining marks that survive normalisation (a few dozen code points). Lines holding one of these
-are flagged for the step-by-step path. The table is learnt per code point the first time a text
+its normalised text; a batch of lines goes through it in one call, read as UTF-32 and written as
+UTF-8. Two things depend on a character's neighbours: lower-casing a capital sigma (final or not)
+and NFD's reordering of the combining marks that survive normalisation (a few dozen code points).
+Lines holding one of these are flagged for the step-by-step path. The table is learnt per code point the first time a text
 holds it, from the chain `curate.normalize` defines.
 """
 
@@ -69,6 +69,8 @@ def map_lines(text: str, chain: Callable[[int], str | None]) -> tuple[list[str],
 
 @njit(cache=True, nogil=True)
 def _apply(codes, action, bounds, chars):  # noqa: ANN001, ANN202
+    """(UTF-8 of the mapped text, lines with a CONTEXT character, True), or (empty, empty, False)
+    at the first UNSEEN code point."""
     longest = 1
     for i in range(len(bounds) - 1):
         longest = max(longest, bounds[i + 1] - bounds[i])
