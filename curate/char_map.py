@@ -5,8 +5,8 @@ Each of these steps maps characters on their own, so their chain is a table from
 its normalised text; a batch of lines goes through it in one call, read as UTF-32 and written as
 UTF-8. Two things depend on a character's neighbours: lower-casing a capital sigma (final or not)
 and NFD's reordering of the combining marks that survive normalisation (a few dozen code points).
-Lines holding one of these are flagged for the step-by-step path. The table is learnt per code point the first time a text
-holds it, from the chain `curate.normalize` defines.
+Lines holding one of these are flagged for the step-by-step path. The table is learnt per code
+point the first time a text holds it, from the chain `curate.normalize` defines.
 """
 
 from __future__ import annotations
