@@ -88,13 +88,15 @@ CAPITAL_SIGMA = 0x3A3
 
 def normalize(line: str) -> str:
     """CCNet-normalise one line of text."""
-    line = line.strip()
-    if not line:
-        return line
-    line = line.lower()
-    if not line.isascii():
-        line = unicodedata.normalize("NFD", line)
-    return line.translate(TABLE)
+    return _after_strip(line.strip())
+
+
+def _after_strip(text: str) -> str:
+    """Every CCNet step after the strip: lower-case, NFD (nothing to do on ASCII), `TABLE`."""
+    text = text.lower()
+    if not text.isascii():
+        text = unicodedata.normalize("NFD", text)
+    return text.translate(TABLE)
 
 
 def normalize_lines(lines: list[str]) -> list[str]:
@@ -116,7 +118,7 @@ def normalized_char(code: int) -> str | None:
     mark after normalisation (NFD orders neighbouring marks)."""
     if code == CAPITAL_SIGMA:
         return None
-    text = unicodedata.normalize("NFD", chr(code).lower()).translate(TABLE)
+    text = _after_strip(chr(code))
     return None if any(unicodedata.combining(c) for c in text) else text
 
 
